@@ -1,0 +1,211 @@
+"""
+Plumbing shared by train.py, sample.py and bench.py: settings from config files and --key=value, loading a model
+file by name, data meta and tokenizers, checkpoints, device and dtype. Nothing here knows any particular model.
+"""
+
+import dataclasses
+import difflib
+import importlib
+import json
+import os
+import subprocess
+import sys
+from ast import literal_eval
+
+import torch
+
+
+def die(msg):
+    """A user mistake: one line that says what to do, no traceback, non-zero exit."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+def load_model_module(name):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", f"{name}.py")
+    if not isinstance(name, str) or not os.path.isfile(path):
+        have = sorted(f[:-3] for f in os.listdir(os.path.dirname(path)) if f.endswith(".py") and f != "__init__.py")
+        die(f"unknown model {name!r}: there is no models/{name}.py (have: {', '.join(have)})")
+    module = importlib.import_module(f"models.{name}")
+    missing = [a for a in ("Config", "Model") if not hasattr(module, a)]
+    missing += [f"Model.{a}" for a in ("forward", "generate", "flops_per_token")
+                if "Model" not in missing and not hasattr(module.Model, a)]
+    if missing or not dataclasses.is_dataclass(module.Config):
+        die(f"models/{name}.py does not follow the model interface (missing {', '.join(missing) or 'a dataclass Config'}); "
+            f"see 'The model interface' in README.md")
+    return module
+
+
+def check_type(key, value, default):
+    if default is None or value is None or isinstance(default, str) and default == "auto":
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        die(f"{key}={value!r} has type {type(value).__name__}, expected {type(default).__name__}")
+    return value
+
+
+def parse_config(argv, defaults, script):
+    """-> (script settings, model module, model Config kwargs). Config files first, then --key=value overrides.
+    `defaults` holds the script's own keys (with a `model` entry); any other key must be a field of the model's Config."""
+    settings = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.isfile(arg):
+                die(f"config file {arg} not found")
+            scope = {}
+            exec(compile(open(arg).read(), arg, "exec"), scope)
+            settings.update({k: v for k, v in scope.items() if not k.startswith("_") and not callable(v)
+                             and not isinstance(v, type(os))})
+        else:
+            key, eq, val = arg[2:].partition("=")
+            if not eq:
+                val = "True"  # a bare flag such as --resume
+            try:
+                settings[key] = literal_eval(val)
+            except (ValueError, SyntaxError):
+                settings[key] = val  # a plain string such as --device=cuda
+    module = load_model_module(settings.get("model", defaults["model"]))
+    model_defaults = {f.name: f.default for f in dataclasses.fields(module.Config)}
+    own, model = dict(defaults), {}
+    for key, val in settings.items():
+        if key in defaults:
+            own[key] = check_type(key, val, defaults[key])
+        elif key in model_defaults:
+            model[key] = check_type(key, val, model_defaults[key])
+        else:
+            valid = list(defaults) + list(model_defaults)
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            die(f"unknown setting {key!r} for {script} with models/{own['model']}.py; {hint}valid keys: {', '.join(valid)}")
+    return own, module, model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_meta(data_dir, dataset, auto_prepare=True):
+    """Read data/<dataset>/meta.json, running prepare/<dataset>.py first if the data is missing."""
+    meta_path = os.path.join(data_dir, "meta.json")
+    script = os.path.join("prepare", f"{dataset}.py")
+    if not os.path.isfile(meta_path) and auto_prepare and os.path.isfile(script):
+        print(f"data/{dataset} is missing: running {script}")
+        if subprocess.run([sys.executable, script]).returncode != 0:
+            sys.exit(1)  # the prepare script has printed its one-line reason
+    if not os.path.isfile(meta_path):
+        die(f"dataset {dataset!r} not found ({meta_path} is missing); run: python {script}")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        assert isinstance(meta["vocab_size"], int) and meta["tokenizer"] in ("char", "gpt2")
+        assert meta["tokenizer"] != "char" or len(meta["chars"]) == meta["vocab_size"]
+    except (ValueError, KeyError, AssertionError, TypeError):
+        die(f"{meta_path} is unreadable or inconsistent (needs vocab_size, tokenizer 'char'|'gpt2', chars); "
+            f"rerun python {script}")
+    return meta
+
+
+def tokenizer(meta):
+    """(encode, decode) for a dataset's meta.json."""
+    if meta["tokenizer"] == "char":
+        stoi = {c: i for i, c in enumerate(meta["chars"])}
+
+        def encode(s):
+            bad = sorted(set(c for c in s if c not in stoi))
+            if bad:
+                die(f"prompt has characters outside the model's character vocabulary: {''.join(bad)!r}")
+            return [stoi[c] for c in s]
+
+        return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(ckpt, path):
+    """Write to a temporary file, then rename: a crash mid-write never corrupts the previous checkpoint."""
+    tmp = f"{path}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if os.path.isdir(path):
+        path = os.path.join(path, "ckpt.pt")
+    if not os.path.isfile(path):
+        die(f"checkpoint {path} not found; train one first (python train.py CONFIG) or check --out_dir/--ckpt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        kind = "is not a plain tensor checkpoint (refused by weights_only loading)" \
+            if "weights_only" in str(e) or "Unsupported global" in str(e) else "is truncated or corrupt"
+        die(f"checkpoint {path} {kind}: {str(e).splitlines()[0][:160]}")
+    if not isinstance(ckpt, dict) or not {"model", "model_name", "model_config"} <= set(ckpt):
+        die(f"{path} is not a nanoevo checkpoint (needs model, model_name, model_config)")
+    return ckpt
+
+
+def strip_prefixes(state_dict):
+    """State dict keys as the bare model names them, whether it was wrapped by DDP or torch.compile."""
+    return {k.replace("_orig_mod.", "").replace("module.", "", 1) if k.startswith("module.") else
+            k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
+
+
+def build_model(module, model_kwargs):
+    try:
+        return module.Model(module.Config(**model_kwargs))
+    except (ValueError, AssertionError) as e:
+        die(f"invalid model config for models/{module.__name__.split('.')[-1]}.py: {e}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hardware
+
+
+# Peak dense bf16 tensor-core FLOP/s from the vendors' datasheets (without sparsity), for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+              "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        die(f"--device={name} but CUDA is not available here; use --device=cpu (or mps on Apple silicon)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        die("--device=mps but MPS is not available here; use --device=cpu")
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        die(f"--device={name} is not one of auto, cpu, cuda, cuda:N, mps")
+    return torch.device(name)
+
+
+def pick_dtype(name, device):
+    if name == "auto":
+        name = {"cuda": "bfloat16" if torch.cuda.is_bf16_supported() else "float16", "mps": "float16"}.get(
+            device.type, "float32")
+    if name not in ("float32", "bfloat16", "float16"):
+        die(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
+    return getattr(torch, name)

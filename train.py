@@ -1,0 +1,336 @@
+"""
+Train any model in models/ on memory-mapped token bins. One process on CPU, one GPU or Apple MPS:
+
+    python train.py config/shakespeare_char.py --n_layer=6 --device=cpu
+
+and data-parallel on several GPUs (or CPU processes, with gloo):
+
+    torchrun --standalone --nproc_per_node=8 train.py config/gpt2_124m.py
+
+Settings come from the defaults below, then config files (plain Python), then --key=value. `model = 'gpt2'` picks
+models/gpt2.py; keys that are fields of that file's Config go to the model, the rest are the trainer's own.
+The trainer knows nothing about any model beyond the shared interface (see README.md).
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from common import (build_model, die, load_checkpoint, load_meta, parse_config, peak_flops, pick_device, pick_dtype,
+                    save_checkpoint, strip_prefixes, tokenizer)
+
+DEFAULTS = dict(
+    model="gpt2",  # module name under models/
+    dataset="shakespeare_char",  # data/<dataset>/{train,val}.bin + meta.json, made by prepare/<dataset>.py
+    out_dir="out",
+    resume=False,  # continue from out_dir/ckpt.pt
+    init_from="",  # path to a ckpt.pt whose weights start a new run (fine-tuning, upcycling)
+    # optimisation
+    batch_size=12,  # sequences per micro-step per process
+    gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
+    max_iters=2000,
+    learning_rate=1e-3,
+    min_lr=1e-4,
+    schedule="cosine",  # 'cosine' (warmup, then cosine to min_lr), 'noam' (Vaswani et al. 2017), 'constant'
+    warmup_iters=100,
+    lr_decay_iters=2000,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.95,
+    adam_eps=1e-8,
+    grad_clip=1.0,  # 0 disables
+    skip_nonfinite=False,  # skip (and count) steps whose loss is NaN/inf instead of stopping
+    # evaluation, logging, checkpoints
+    eval_interval=250,
+    eval_iters=20,
+    log_interval=10,
+    eval_only=False,
+    sample_tokens=200,  # printed at the end of training; 0 disables
+    wandb_log=False,
+    wandb_project="nanoevo",
+    wandb_run_name="",
+    # system
+    device="auto",  # 'auto' picks cuda > mps > cpu
+    dtype="auto",  # 'auto': bfloat16 on CUDA (float16 where unsupported), float16 on MPS, float32 on CPU
+    compile="auto",  # 'auto': on for CUDA, off for CPU/MPS
+    seed=1337,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def open_bin(data_dir, split, block_size, vocab_size):
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.isfile(path):
+        die(f"{path} is missing; rerun the dataset's prepare script")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if len(data) <= block_size + 1:
+        die(f"{path} has {len(data)} tokens, too few for block_size {block_size}; use a smaller block_size or more data")
+    top = int(data[: 1 << 28].max())  # a full scan of the first 256M tokens catches a wrong tokenizer or meta
+    if top >= vocab_size:
+        die(f"{path} holds token id {top} but vocab_size is {vocab_size}; the bin and meta.json disagree, re-prepare")
+    return data
+
+
+def get_batch(data, ix, block_size, device):
+    x = torch.stack([torch.from_numpy(data[i : i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    if device.type == "cuda":  # pinned host memory lets the copy run asynchronously
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learning rate
+
+
+def get_lr(it, cfg):
+    if cfg["schedule"] == "constant":
+        return cfg["learning_rate"]
+    if cfg["schedule"] == "noam":  # Vaswani et al. 2017, eq. 3; learning_rate carries the d_model^-0.5 factor
+        step = it + 1
+        return cfg["learning_rate"] * min(step ** -0.5, step * cfg["warmup_iters"] ** -1.5)
+    if it < cfg["warmup_iters"]:  # cosine: linear warmup, cosine decay to min_lr, then flat
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > cfg["lr_decay_iters"]:
+        return cfg["min_lr"]
+    ratio = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def main(argv):
+    cfg, module, model_kwargs = parse_config(argv, DEFAULTS, "train.py")
+    model_name = cfg["model"]
+    # Distributed setup: torchrun sets RANK/WORLD_SIZE; every process runs this same script.
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
+    master = rank == 0
+    device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and cfg["device"] in ("auto", "cuda") else cfg["device"])
+    if ddp:
+        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    accum = cfg["gradient_accumulation_steps"]
+    if accum % world != 0:
+        die(f"gradient_accumulation_steps={accum} must be divisible by the number of processes ({world})")
+    accum //= world  # micro-steps per process; the global batch is the same however many processes share it
+    ptdtype = pick_dtype(cfg["dtype"], device)
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
+    use_compile = device.type == "cuda" if cfg["compile"] == "auto" else bool(cfg["compile"])
+    if master:
+        try:
+            os.makedirs(cfg["out_dir"], exist_ok=True)
+            open(os.path.join(cfg["out_dir"], ".write_test"), "w").close()
+            os.remove(os.path.join(cfg["out_dir"], ".write_test"))
+        except OSError as e:
+            die(f"out_dir {cfg['out_dir']} is not writable ({e.strerror}); choose another with --out_dir=")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # Data (rank 0 prepares it if missing; the others wait for it)
+    data_dir = os.path.join("data", cfg["dataset"])
+    meta = load_meta(data_dir, cfg["dataset"], auto_prepare=master)
+    if ddp:
+        torch.distributed.barrier()
+        meta = load_meta(data_dir, cfg["dataset"], auto_prepare=False)
+    model_kwargs.setdefault("vocab_size", meta["vocab_size"])
+    if model_kwargs["vocab_size"] < meta["vocab_size"]:
+        die(f"vocab_size={model_kwargs['vocab_size']} is smaller than the dataset's {meta['vocab_size']}")
+    block_size = model_kwargs.get("block_size", module.Config.block_size)
+    train_data = open_bin(data_dir, "train", block_size, model_kwargs["vocab_size"])
+    val_data = open_bin(data_dir, "val", block_size, model_kwargs["vocab_size"])
+
+    # Model, optimizer, state: from scratch, from another checkpoint's weights, or resumed
+    torch.manual_seed(cfg["seed"])  # the same initial weights in every process
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
+    if ckpt is not None:
+        full_cfg = dataclasses.asdict(module.Config(**model_kwargs))
+        if ckpt["model_name"] != model_name:
+            die(f"{ckpt_path} holds a {ckpt['model_name']!r} model, not {model_name!r}; use another --out_dir")
+        diff = [f"{k}={ckpt['model_config'].get(k)!r} (checkpoint) vs {v!r}" for k, v in full_cfg.items()
+                if ckpt["model_config"].get(k) != v]
+        if diff:
+            die(f"--resume with a different model config than {ckpt_path}: {'; '.join(diff)}")
+    model = build_model(module, model_kwargs)
+    source = ckpt if ckpt is not None else load_checkpoint(cfg["init_from"]) if cfg["init_from"] else None
+    if source is not None:
+        try:
+            model.load_state_dict(strip_prefixes(source["model"]))
+        except RuntimeError as e:
+            die(f"checkpoint weights do not fit models/{model_name}.py with this config: {str(e).splitlines()[1][:200]}")
+    model.to(device)
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # matmul weights, embeddings
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases, norm gains
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
+        fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
+    data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
+    iter_num, best_val, skipped = 0, float("inf"), 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        iter_num, best_val, skipped = ckpt["iter_num"], ckpt["best_val_loss"], ckpt.get("skipped", 0)
+        data_gen.set_state(ckpt["rng"]["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        print(f"resumed from {ckpt_path} at iter {iter_num}")
+    ckpt = source = None  # free memory
+    raw_model = model
+    if use_compile:
+        model = torch.compile(model)  # compile before the DDP wrap
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model_stats = lambda: {k: float(v) for k, v in getattr(raw_model, "stats", {}).items()}  # noqa: E731
+    if master:
+        print(f"models/{model_name}.py: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
+              f"{device.type} {str(ptdtype).replace('torch.', '')}, compile={use_compile}, {world} process(es)")
+    if cfg["wandb_log"] and master:
+        import wandb
+
+        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None,
+                   config={**cfg, **dataclasses.asdict(raw_model.config)})
+
+    @torch.no_grad()
+    def evaluate():
+        """Mean loss over eval_iters batches of each split; always the same batches, so evals compare."""
+        model.eval()
+        out = {}
+        for split, data in (("train", train_data), ("val", val_data)):
+            gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+            losses = torch.zeros(cfg["eval_iters"])
+            for k in range(cfg["eval_iters"]):
+                x, y = get_batch(data, torch.randint(len(data) - block_size - 1, (cfg["batch_size"],), generator=gen),
+                                 block_size, device)
+                with autocast:
+                    losses[k] = raw_model(x, y)[1].item()
+            out[split] = losses.mean().item()
+        model.train()
+        return out
+
+    def checkpoint():
+        save_checkpoint({
+            "model": strip_prefixes(raw_model.state_dict()), "model_name": model_name,
+            "model_config": dataclasses.asdict(raw_model.config), "config": cfg, "meta": meta,
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
+            "best_val_loss": best_val, "skipped": skipped,
+            "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        }, ckpt_path)
+
+    # Ctrl-C / SIGTERM: finish the current step, save, exit 0. A second Ctrl-C exits at once.
+    stop = {"requested": False}
+
+    def on_signal(signum, frame):
+        if stop["requested"]:
+            os._exit(130)  # the last complete checkpoint stays as it was (writes are atomic)
+        stop["requested"] = True
+        if master:
+            print("\nstopping after this step (press Ctrl-C again to quit without saving)", flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    tokens_per_iter = accum * world * cfg["batch_size"] * block_size
+    flops_per_iter, peak = raw_model.flops_per_token() * tokens_per_iter, peak_flops(device)
+    model.train()
+    t0, n_timed, first = time.time(), 0, True
+    while True:
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
+            losses = evaluate()
+            if master:
+                best_val = min(best_val, losses["val"])
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+                if cfg["wandb_log"]:
+                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                               **{f"val/{k}": v for k, v in model_stats().items()}})
+                if not first and not cfg["eval_only"]:
+                    checkpoint()
+            t0, n_timed = time.time(), 0  # keep evaluation out of the training speed
+        first = False
+        if iter_num >= cfg["max_iters"] or cfg["eval_only"]:
+            break
+
+        # One optimizer step over the global batch: every process draws the same indices and takes its share.
+        ix = torch.randint(len(train_data) - block_size - 1, (world, accum, cfg["batch_size"]), generator=data_gen)[rank]
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accum):
+            x, y = get_batch(train_data, ix[micro], block_size, device)
+            # DDP averages gradients across processes; do it once, on the last micro-step.
+            sync = model.no_sync() if ddp and micro < accum - 1 else nullcontext()
+            with sync, autocast:
+                loss = model(x, y)[1] / accum
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if ddp:
+            torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
+        if not torch.isfinite(loss_sum):
+            if not cfg["skip_nonfinite"]:
+                last = f"the last good checkpoint is {ckpt_path}" if os.path.isfile(ckpt_path) else "no checkpoint yet"
+                die(f"loss is {loss_sum.item()} at iter {iter_num}; {last} (lower learning_rate, or --skip_nonfinite)")
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update()
+        else:
+            if cfg["grad_clip"] > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        iter_num, n_timed = iter_num + 1, n_timed + 1
+
+        if iter_num % cfg["log_interval"] == 0 and master:
+            lossf = loss_sum.item()  # waits for the device, so the time below is real
+            dt = (time.time() - t0) / n_timed
+            t0, n_timed = time.time(), 0
+            tok_s = tokens_per_iter / dt
+            mfu = f", mfu {100 * flops_per_iter / dt / (peak * world):.1f}%" if peak else ""
+            stats = model_stats()
+            extra = "".join(f", {k} {v:.4g}" for k, v in stats.items()) + (f", skipped {skipped}" if skipped else "")
+            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu}{extra}",
+                  flush=True)
+            if cfg["wandb_log"]:
+                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
+                           **{f"train/{k}": v for k, v in stats.items()}})
+        if ddp:  # every process must stop at the same step
+            flag = torch.tensor(float(stop["requested"]), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop["requested"] = bool(flag.item())
+        if stop["requested"]:
+            if master:
+                checkpoint()
+                print(f"saved {ckpt_path} at iter {iter_num}; continue with: python train.py {' '.join(argv)} --resume")
+            break
+
+    if master and cfg["sample_tokens"] > 0 and not stop["requested"] and not cfg["eval_only"]:
+        encode, decode = tokenizer(meta)
+        start = encode("\n") if meta["tokenizer"] == "char" and "\n" in meta["chars"] else [0]
+        raw_model.eval()
+        with autocast:
+            out = raw_model.generate(torch.tensor([start], device=device), cfg["sample_tokens"], temperature=0.8, top_k=200)
+        print("-" * 40 + "\n" + decode(out[0].tolist()) + "\n" + "-" * 40)
+    if ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
