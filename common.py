@@ -98,7 +98,8 @@ def parse_config(argv, defaults, script):
 def load_meta(data_dir, dataset, auto_prepare=True):
     """Read data/<dataset>/meta.json, running prepare/<dataset>.py first if the data is missing."""
     meta_path = os.path.join(data_dir, "meta.json")
-    script = os.path.join("prepare", f"{dataset}.py")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare", f"{dataset}.py")
+    script = os.path.relpath(script) if not os.path.relpath(script).startswith("..") else script
     if not os.path.isfile(meta_path) and auto_prepare and os.path.isfile(script):
         print(f"data/{dataset} is missing: running {script}")
         if subprocess.run([sys.executable, script]).returncode != 0:

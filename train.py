@@ -172,8 +172,10 @@ def main(argv):
         except RuntimeError as e:
             die(f"checkpoint weights do not fit models/{model_name}.py with this config: {str(e).splitlines()[1][:200]}")
     model.to(device)
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # matmul weights, embeddings
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases, norm gains
+    # Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks `_no_weight_decay`).
+    decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
+    decay = [p for p in model.parameters() if p.requires_grad and decays(p)]
+    no_decay = [p for p in model.parameters() if p.requires_grad and not decays(p)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
