@@ -1,0 +1,275 @@
+"""models/llama.py: parity with transformers' Llama and Mistral, KV-cache correctness (MHA, GQA, MQA, sliding
+window), gradient checkpointing, init loss. CPU, float32, tiny configs."""
+
+import math
+
+import pytest
+import torch
+import transformers
+
+from models.llama import Config, Model, ffn_hidden_dim
+
+V = 97  # vocabulary of the tiny test models
+
+
+def tiny(**kw):
+    cfg = dict(block_size=64, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=64, ffn_hidden=96,
+               tie_embeddings=False)
+    cfg.update(kw)
+    return Config(**cfg)
+
+
+def scale_up(model, std=0.2, seed=0):
+    """Random weights large enough that logits are far from flat (greedy decoding then means something);
+    norm gains random too, so a mis-mapped norm would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def hf_model(cls_name, cfg_name, **kw):
+    torch.manual_seed(0)
+    kw = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None, attn_implementation="eager", **kw)
+    return scale_up(getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**kw)))
+
+
+def hf_greedy(hf, idx, n):
+    out = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=n, do_sample=False,
+                      eos_token_id=None, pad_token_id=0)
+    assert out.shape == (idx.size(0), idx.size(1) + n)
+    return out
+
+
+def full_forward_greedy(model, idx, n, start=0):
+    """Reference decoding without a cache: the whole context through the model every step."""
+    for _ in range(n):
+        logits, _ = model(idx[:, start:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+def cached_step_logits(model, idx, prompt_len):
+    """Logits from the cache path: prefill the prompt, then feed the given tokens one at a time."""
+    model.setup_cache(idx.size(0), idx.device, torch.float32)
+    logits, _ = model(idx[:, :prompt_len], start_pos=0)
+    steps = [logits]
+    for t in range(prompt_len, idx.size(1)):
+        logits, _ = model(idx[:, t:t + 1], start_pos=t)
+        steps.append(logits)
+    return torch.cat(steps, dim=1)  # (B, T, V)
+
+
+def tokens(B, T, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parity with transformers
+
+
+def test_llama_gqa_parity_and_greedy_generation():
+    hf = hf_model("LlamaForCausalLM", "LlamaConfig", vocab_size=V, hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    cfg = tiny(norm_eps=1e-6, rope_theta=500000.0)
+    model = Model.from_hf_state_dict(hf.state_dict(), cfg).eval()
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        diff = (model(idx)[0] - hf(idx).logits).abs().max().item()
+    print(f"llama GQA logits max abs diff {diff:.3g}")
+    assert diff < 1e-5
+
+    prompt = idx[:, :6]
+    ours = model.generate(prompt, 30, temperature=0)
+    theirs = hf_greedy(hf, prompt, 30)
+    assert torch.equal(ours, theirs)
+    assert len(set(ours[0, 6:].tolist())) > 3  # not a single repeated token: the comparison means something
+    with torch.no_grad():  # and the logits along the generated sequence agree too
+        assert (cached_step_logits(model, ours, 6) - hf(ours).logits).abs().max().item() < 1e-5
+
+
+def test_mistral_sliding_window_parity_and_generation():
+    W = 5
+    hf = hf_model("MistralForCausalLM", "MistralConfig", vocab_size=V, hidden_size=64, intermediate_size=96,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                  rms_norm_eps=1e-5, sliding_window=W, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    cfg = tiny(n_kv_head=1, sliding_window=W)
+    model = Model.from_hf_state_dict(hf.state_dict(), cfg).eval()
+    idx = tokens(2, 24)  # sequence much longer than the window
+    with torch.no_grad():
+        ours, theirs = model(idx)[0], hf(idx).logits
+        no_window = Model.from_hf_state_dict(hf.state_dict(), tiny(n_kv_head=1))(idx)[0]
+    diff = (ours - theirs).abs().max().item()
+    print(f"mistral window logits max abs diff {diff:.3g}")
+    assert diff < 1e-5
+    assert (no_window - theirs).abs().max().item() > 1e-2  # the window really changes the result
+
+    prompt = idx[:, :3]
+    gen = model.generate(prompt, 30, temperature=0)  # 33 tokens, window 5: the rolling cache wraps many times
+    assert torch.equal(gen, hf_greedy(hf, prompt, 30))
+    assert torch.equal(gen, full_forward_greedy(model, prompt, 30))
+    with torch.no_grad():
+        assert (cached_step_logits(model, gen, 3) - hf(gen).logits).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("window,tie", [(None, False), (6, True)])
+def test_to_hf_builds_the_same_network(window, tie):
+    torch.manual_seed(0)
+    model = scale_up(Model(tiny(sliding_window=window, tie_embeddings=tie)))
+    cfg_cls, kwargs, model_cls, sd = model.to_hf()
+    assert (cfg_cls, model_cls) == (("MistralConfig", "MistralForCausalLM") if window else
+                                    ("LlamaConfig", "LlamaForCausalLM"))
+    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs, attn_implementation="eager"))
+    hf.load_state_dict(sd)
+    hf.eval()
+    idx = tokens(2, 32)
+    with torch.no_grad():
+        assert (model(idx)[0] - hf(idx).logits).abs().max().item() < 1e-5
+    # and back again
+    back = Model.from_hf_state_dict(hf.state_dict(), model.config).eval()
+    with torch.no_grad():
+        assert torch.equal(back(idx)[0], model(idx)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1], ids=["MHA", "GQA", "MQA"])
+def test_cached_generate_equals_full_forward(n_kv_head):
+    torch.manual_seed(0)
+    model = scale_up(Model(tiny(n_kv_head=n_kv_head)))
+    assert model.layers[0].attention.wk.weight.shape == (n_kv_head * 16, 64)
+    prompt = tokens(2, 5)
+    gen = model.generate(prompt, 30, temperature=0)
+    assert torch.equal(gen, full_forward_greedy(model, prompt, 30))
+    with torch.no_grad():
+        # a different summation order over differently shaped key sets: float32 rounding on logits of size ~5
+        assert (cached_step_logits(model, gen, 5) - model(gen)[0]).abs().max().item() < 1e-4
+    model.setup_cache(2, "cpu", torch.float32)  # the cache holds only the kv heads
+    assert model.layers[0].attention.cache_k.shape == (2, n_kv_head, 64, 16)
+
+
+def test_generate_past_block_size_refills_from_recent_half():
+    torch.manual_seed(0)
+    model = scale_up(Model(tiny(block_size=16)))
+    prompt = tokens(1, 10)
+    gen = model.generate(prompt, 30, temperature=0)
+    # Reference: full forward over the documented context: it grows to block_size, then restarts from the last
+    # block_size // 2 tokens.
+    idx, start = prompt, 0
+    for _ in range(30):
+        logits, _ = model(idx[:, start:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+        if idx.size(1) - start > 16:
+            start = idx.size(1) - 8
+    assert torch.equal(gen, idx)
+
+
+def test_rolling_cache_past_block_size_equals_full_forward():
+    """A window model generates past its block_size (positions keep counting, RoPE computed on the fly) with a
+    cache of sliding_window slots, and still equals a full forward over the whole sequence."""
+    torch.manual_seed(0)
+    small = scale_up(Model(tiny(block_size=16, sliding_window=6)))
+    big = Model(tiny(block_size=64, sliding_window=6)).eval()  # same weights, longer RoPE tables
+    big.load_state_dict(small.state_dict())
+    prompt = tokens(2, 20)  # longer than block_size: prefill 16, then the rest one token at a time
+    gen = small.generate(prompt, 30, temperature=0)
+    assert torch.equal(gen, full_forward_greedy(big, prompt, 30))
+    with torch.no_grad():
+        steps = cached_step_logits(small, gen, 16)
+        assert small.layers[0].attention.cache_k.shape == (2, 2, 6, 16)  # flat memory after 50 tokens
+        assert (steps - big(gen)[0]).abs().max().item() < 1e-4
+    with pytest.raises(ValueError):
+        small(gen)  # a full forward is still bounded by block_size
+
+
+def test_sampling_shapes_and_determinism():
+    torch.manual_seed(0)
+    model = Model(tiny()).eval()
+    prompt = tokens(3, 4)
+    torch.manual_seed(5)
+    a = model.generate(prompt, 12, temperature=0.8, top_k=10, top_p=0.9)
+    torch.manual_seed(5)
+    b = model.generate(prompt, 12, temperature=0.8, top_k=10, top_p=0.9)
+    assert a.shape == (3, 16) and torch.equal(a, b) and torch.equal(a[:, :4], prompt)
+
+
+def test_autocast_bf16_forward_and_generate():
+    torch.manual_seed(0)
+    model = Model(tiny(sliding_window=8))
+    idx = tokens(2, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets=idx)
+        gen = model.generate(idx[:, :4], 12, temperature=0)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert gen.shape == (2, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training path
+
+
+def test_grad_checkpoint_gives_equal_gradients():
+    torch.manual_seed(0)
+    a = Model(tiny(sliding_window=8))
+    b = Model(tiny(sliding_window=8, grad_checkpoint=True))
+    b.load_state_dict(a.state_dict())
+    idx, targets = tokens(2, 32), tokens(2, 32, seed=2)
+    la, lb = a(idx, targets)[1], b(idx, targets)[1]
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), abs=1e-6)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert (pa.grad - pb.grad).abs().max().item() < 1e-6, name
+
+
+def test_loss_at_init_is_ln_vocab():
+    torch.manual_seed(0)
+    model = Model(tiny(tie_embeddings=True))
+    idx, targets = tokens(4, 64), tokens(4, 64, seed=2)  # targets unrelated to the input (tied embeddings at
+    _, loss = model(idx, targets)                          # init favour repeating the input token)
+    assert abs(loss.item() - math.log(V)) < 0.05
+    masked = targets.clone()
+    masked[:, ::2] = -1  # ignore_index=-1: only the other half counts
+    logits, loss_masked = model(idx, masked)
+    keep = masked != -1
+    ref = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert loss_masked.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_tied_embeddings_and_param_counts():
+    tied, untied = Model(tiny(tie_embeddings=True)), Model(tiny(tie_embeddings=False))
+    assert tied.tok_embeddings.weight is tied.output.weight
+    emb = V * 64
+    assert untied.num_params(non_embedding=False) - tied.num_params(non_embedding=False) == emb
+    assert untied.num_params() == untied.num_params(non_embedding=False) - emb  # the lookup does no matmul
+    assert tied.num_params() == tied.num_params(non_embedding=False)  # the tied table is the output matmul
+    assert tied.flops_per_token() == 6 * tied.num_params() + 12 * 2 * 64 * 64
+
+
+def test_ffn_hidden_rule_matches_llama_reference():
+    assert ffn_hidden_dim(Config(n_embd=4096, multiple_of=256)) == 11008  # Llama 7B
+    assert ffn_hidden_dim(Config(n_embd=8192, multiple_of=4096, ffn_dim_multiplier=1.3)) == 28672  # Llama 2 70B
+    assert ffn_hidden_dim(Config(n_embd=768, ffn_hidden=2304)) == 2304
+
+
+def test_kv_cache_bytes_mha_gqa_mqa():
+    sizes = [Model(tiny(n_kv_head=h)).kv_cache_bytes_per_token(dtype_bytes=2) for h in (4, 2, 1)]
+    assert sizes == [2 * 2 * 4 * 16 * 2, 2 * 2 * 2 * 16 * 2, 2 * 2 * 1 * 16 * 2]
+
+
+def test_bad_configs_and_long_sequences_raise():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        Model(tiny(n_kv_head=3))
+    with pytest.raises(ValueError, match="n_head"):
+        Model(tiny(n_head=5))
+    with pytest.raises(ValueError, match="even"):
+        Model(tiny(n_embd=72, n_head=8))  # head size 9
+    with pytest.raises(ValueError, match="block_size"):
+        Model(tiny(block_size=16))(tokens(1, 17))
