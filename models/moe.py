@@ -1,0 +1,645 @@
+"""
+Mixture of Experts: the Llama decoder with sparse feed-forward layers, so parameters grow without compute per token.
+
+Papers:
+- Shazeer et al. 2017, "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer"
+- Lepikhin et al. 2020, "GShard" (top-2 routing, expert capacity, first choices before second choices)
+- Fedus, Zoph & Shazeer 2021, "Switch Transformers" (top-1 routing, load-balancing loss, capacity factor, router
+  jitter, router in float32 "selective precision", smaller router init)
+- Du et al. 2021, "GLaM" (an MoE feed-forward in every other layer)
+- Zoph et al. 2022, "ST-MoE: Designing Stable and Transferable Sparse Expert Models" (router z-loss)
+- Jiang et al. 2024, "Mixtral of Experts" (8 SwiGLU experts, softmax over all, top-2, renormalised)
+- Komatsuzaki et al. 2023, "Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints"
+
+What changed since the previous generation (Llama, models/llama.py):
+- The SwiGLU feed-forward of every moe_every-th block becomes n_expert SwiGLU experts plus a router (a linear
+  layer, E logits per token). Each token runs through only its top_k experts and sums their outputs weighted by
+  the router: FFN parameters grow n_expert times, FFN compute per token top_k times.
+- Two routers: 'mixtral' (softmax over all experts, take the top-k, renormalise the k weights to sum to 1) and
+  'switch' (top-1, output weighted by that expert's probability). Optional multiplicative jitter on the router input
+  during training (Switch).
+- Two auxiliary losses, added to the training loss: the Switch load-balancing loss E * sum_i f_i * P_i (keeps all
+  experts busy) and the ST-MoE router z-loss mean(logsumexp(logits)^2) (keeps router logits small and stable).
+- capacity_factor: Switch/GShard token dropping in training (an expert takes at most capacity tokens per sequence;
+  the overflow skips the feed-forward and rides the residual); None = dropless, as Mixtral. Always dropless in eval.
+- Sparse upcycling: upcycle_from_dense() turns a trained models/llama.py checkpoint into this model (every expert
+  a copy of the dense FFN), and `python -m models.moe --upcycle IN OUT` does it for a checkpoint file.
+- Left out from models/llama.py to keep the file about experts: the sliding window and gradient checkpointing.
+
+Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
+Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token().
+Model.stats holds the router losses, dropped tokens and (at eval) each layer's expert load after every forward.
+"""
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------------
+# Norm
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * g, computed in float32 (the mean of squares under/overflows easily in bf16)."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.type_as(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Position: rotary embeddings (RoFormer)
+
+
+def rope_cos_sin(positions, head_dim, theta):
+    """cos, sin tables (T, head_dim). Rotate-half layout (as transformers): dimension i pairs with i + head_dim/2,
+    pair i turning at frequency theta^(-2i/head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate each (x_i, x_{i+hs/2}) pair by position * freq_i; x (B, h, T, hs). q.k then depends only on the
+    distance between the two positions."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)  # cast: keep bf16 under autocast
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention: grouped-query, with a KV cache for generation
+
+
+class Attention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
+        self.n_rep = config.n_head // config.n_kv_head  # query heads per key/value head
+        self.head_dim = config.n_embd // config.n_head
+        self.wq = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.cache_k = self.cache_v = None  # (B, n_kv_head, block_size, hs), set by Model.setup_cache
+
+    def forward(self, x, cos, sin, start_pos=None):
+        B, T, C = x.size()
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated once, cached rotated
+
+        mask, causal, dropout = None, False, 0.0
+        if start_pos is None:  # training / full forward: flash attention on CUDA
+            causal, dropout = True, (self.dropout if self.training else 0.0)
+        else:  # generation: write the new keys at their positions, attend over everything cached so far
+            end = start_pos + T
+            self.cache_k[:B, :, start_pos:end] = k
+            self.cache_v[:B, :, start_pos:end] = v
+            k, v = self.cache_k[:B, :, :end], self.cache_v[:B, :, :end]
+            # One new query may see the whole cache, so no mask (`is_causal=True` would align the triangle top-left
+            # and show it only the first key); a multi-token chunk needs the causal mask shifted by start_pos.
+            if T > 1:
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
+        # GQA: query head j reads kv head j // n_rep. The cache keeps n_kv_head heads; the copy is a temporary.
+        k = k.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
+        v = v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side
+        return self.resid_dropout(self.wo(y))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Feed-forward: dense SwiGLU, and the sparse layer of SwiGLU experts
+
+
+def ffn_hidden_dim(config):
+    """Llama's rule for the SwiGLU hidden size (the same for the dense FFN and for every expert, as in Mixtral):
+    2/3 of 4 * n_embd, optionally times ffn_dim_multiplier, rounded up to multiple_of; ffn_hidden overrides it."""
+    if config.ffn_hidden is not None:
+        return config.ffn_hidden
+    hidden = int(2 * 4 * config.n_embd / 3)
+    if config.ffn_dim_multiplier is not None:
+        hidden = int(config.ffn_dim_multiplier * hidden)
+    return config.multiple_of * ((hidden + config.multiple_of - 1) // config.multiple_of)
+
+
+def is_moe_layer(i, config):
+    """GLaM puts an MoE in every other block; moe_every=k makes blocks k-1, 2k-1, ... sparse (1 = every block)."""
+    return (i + 1) % config.moe_every == 0
+
+
+class FeedForward(nn.Module):
+    """Dense SwiGLU, w2(silu(w1 x) * w3 x), for the blocks between MoE layers (moe_every > 1)."""
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = ffn_hidden_dim(config)
+        self.w1 = nn.Linear(config.n_embd, hidden, bias=False)  # gate
+        self.w3 = nn.Linear(config.n_embd, hidden, bias=False)  # up
+        self.w2 = nn.Linear(hidden, config.n_embd, bias=False)  # down
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, router_stats=None):
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this: 16-byte aligned groups for bf16 kernels
+
+
+def grouped_matmul(x, w, offs):
+    """Rows offs[g-1]:offs[g] of x (M, K) times w[g]^T, for w (G, N, K) in nn.Linear layout -> (M, N).
+    One grouped-GEMM kernel for all experts (torch.nn.functional.grouped_mm) in bfloat16 on CUDA or CPU, the dtype
+    its CUDA kernel and torch.compile accept, and in float32 on CPU outside torch.compile (the tests). Elsewhere
+    (float16/float32 on a GPU, MPS) one matmul per expert, which reads the group bounds on the host."""
+    on_cpu_eager = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if hasattr(F, "grouped_mm") and x.device.type in ("cuda", "cpu") and (x.dtype == torch.bfloat16 or on_cpu_eager):
+        return F.grouped_mm(x, w.mT, offs=offs)
+    return grouped_matmul_loop(x, w, offs)
+
+
+def grouped_matmul_loop(x, w, offs):
+    """The same as grouped_matmul, one matmul per expert (a host sync, and a graph break under torch.compile)."""
+    bounds = [0] + offs.tolist()
+    return torch.cat([x[a:b] @ w[g].T for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+
+
+class MoE(nn.Module):
+    """n_expert SwiGLU experts and a router. Expert weights are stacked 3-D tensors (E, out, in), one nn.Linear
+    weight per expert, so that all experts run as one grouped matmul over the tokens grouped by expert."""
+
+    def __init__(self, config):
+        super().__init__()
+        E, C, H = config.n_expert, config.n_embd, ffn_hidden_dim(config)
+        self.n_expert, self.top_k = E, config.top_k
+        self.renormalize = config.router == "mixtral"
+        self.jitter, self.capacity_factor = config.router_jitter, config.capacity_factor
+        self.router = nn.Linear(C, E, bias=False)
+        self.w1 = nn.Parameter(torch.empty(E, H, C))  # gate, per expert
+        self.w3 = nn.Parameter(torch.empty(E, H, C))  # up
+        self.w2 = nn.Parameter(torch.empty(E, C, H))  # down
+        for w in (self.w1, self.w2, self.w3):  # std 0.02 like every Linear; Model rescales w2 like llama's w2
+            nn.init.normal_(w, mean=0.0, std=0.02)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def route(self, x):
+        """x (N, C) -> router logits (N, E), probabilities (N, E), chosen experts (N, k), their weights (N, k).
+        In float32 even under autocast: Switch's "selective precision", the softmax and top-k are sensitive."""
+        with torch.autocast(x.device.type, enabled=False):
+            h = x.float()
+            if self.training and self.jitter > 0:  # Switch: multiplicative noise on the router input only
+                h = h * torch.empty_like(h).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            logits = F.linear(h, self.router.weight.float())  # (N, E)
+        probs = logits.softmax(dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
+        if self.renormalize:  # Mixtral: the k weights sum to 1 (= softmax over the k chosen logits)
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, probs, experts, weights  # Switch (k=1): the output is scaled by the expert's probability
+
+    def capacity_mask(self, experts, B, T):
+        """(N, k) bool, True = the assignment fits. Each sequence gives each expert capacity = ceil(capacity_factor *
+        T * k / E) slots (Switch: tokens per expert if perfectly balanced, times the factor), filled in token order
+        with all first choices before any second choice (GShard), so a token loses its minor expert first."""
+        E, k = self.n_expert, self.top_k
+        capacity = math.ceil(self.capacity_factor * T * k / E)
+        onehot = experts.view(B, T, k, 1) == torch.arange(E, device=experts.device)  # (B, T, k, E)
+        slot = onehot.transpose(1, 2).reshape(B, k * T, E).cumsum(dim=1)  # 1-based place in the expert's queue
+        slot = slot.view(B, k, T, E).transpose(1, 2)  # (B, T, k, E)
+        return (onehot & (slot <= capacity)).any(dim=-1).view(B * T, k)
+
+    def experts_forward(self, x, experts, keep):
+        """x (N, C), experts (N, k), keep (N, k) -> outputs (N, k, C) of each token's chosen experts (0 if dropped).
+        No Python loop over tokens or experts: the N*k (token, expert) assignments are written into one buffer,
+        grouped by expert (each group padded to GROUP_ALIGN rows), and the experts run as grouped matmuls.
+        Every shape is static (the buffer has a fixed upper bound of rows), so there is no host sync."""
+        N, C = x.shape
+        E, k, A = self.n_expert, self.top_k, GROUP_ALIGN
+        e = experts.view(-1)  # (N*k,) expert of each assignment
+        kept = keep.view(-1)
+        onehot = (e[:, None] == torch.arange(E, device=x.device)) & kept[:, None]  # (N*k, E)
+        rank = onehot.cumsum(dim=0).gather(1, e[:, None]).squeeze(1) - 1  # place within its expert's group
+        counts = onehot.sum(dim=0)  # (E,) assignments each expert processes
+        padded = (counts + A - 1) // A * A
+        start = padded.cumsum(dim=0) - padded  # first buffer row of each expert's group
+        M = (N * k + E * (A - 1) + A - 1) // A * A  # rows the buffer needs at most, a multiple of A
+        row = torch.where(kept, start[e] + rank, M)  # (N*k,) buffer row of each assignment; dropped ones to row M
+        # Which token each buffer row holds: padding rows read an all-zero row (index N), dropped ones are discarded.
+        token = torch.arange(N * k, device=x.device) // k
+        src = torch.full((M + 1,), N, dtype=torch.long, device=x.device).scatter(0, row, token)[:M]
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        xs = torch.cat([x, x.new_zeros(1, C)]).to(dtype)[src]  # (M, C) tokens grouped by expert
+        offs = padded.cumsum(dim=0).to(torch.int32)
+        offs[-1] = M  # the last group also takes the trailing padding rows, so every row belongs to a group
+        w1, w2, w3 = self.w1.to(dtype), self.w2.to(dtype), self.w3.to(dtype)
+        h = F.silu(grouped_matmul(xs, w1, offs)) * grouped_matmul(xs, w3, offs)  # (M, H) SwiGLU per expert
+        ys = grouped_matmul(h, w2, offs)  # (M, C)
+        y = ys[row.clamp(max=M - 1)].view(N, k, C)  # back to (token, choice) order
+        return torch.where(keep[..., None], y, 0.0)
+
+    def forward(self, x, router_stats=None):
+        B, T, C = x.size()
+        x = x.reshape(B * T, C)  # (N, C)
+        logits, probs, experts, weights = self.route(x)
+        if self.training and self.capacity_factor is not None:
+            keep = self.capacity_mask(experts, B, T)
+        else:  # dropless: Mixtral, and every evaluation
+            keep = torch.ones_like(experts, dtype=torch.bool)
+        y = self.experts_forward(x, experts, keep)  # (N, k, C)
+        out = (y * weights[..., None]).sum(dim=1).to(x.dtype)  # weighted sum over the k chosen experts
+        if router_stats is not None:
+            # What the balancing and z losses need, summed here and normalised over all MoE layers by the Model.
+            # f_i counts the router's choices before capacity drops, as Switch and transformers do.
+            chosen = (experts[..., None] == torch.arange(self.n_expert, device=x.device)).sum(dim=(0, 1))  # (E,)
+            router_stats.append(dict(
+                chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
+                z_sum=torch.logsumexp(logits, dim=-1).pow(2).sum(), dropped=(~keep).sum()))
+        return self.dropout(out.view(B, T, C))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Block
+
+
+class Block(nn.Module):
+    def __init__(self, config, moe):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.feed_forward = MoE(config) if moe else FeedForward(config)
+
+    def forward(self, x, cos, sin, start_pos=None, router_stats=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)  # pre-norm residual
+        x = x + self.feed_forward(self.ffn_norm(x), router_stats)  # dropped tokens: only the residual passes
+        return x
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 4  # key/value heads: n_head = multi-head, 1 = multi-query, in between = grouped-query
+    n_embd: int = 768
+    multiple_of: int = 256  # SwiGLU hidden size rounding (Llama reference)
+    ffn_dim_multiplier: float = None  # optional scale on the 8/3 * n_embd hidden size (Llama reference)
+    ffn_hidden: int = None  # the SwiGLU hidden size of each expert (and dense FFN), overriding the two above
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True  # as models/llama.py, so its checkpoints upcycle unchanged (Mixtral unties them)
+    dropout: float = 0.0
+    # Mixture of experts
+    n_expert: int = 8  # experts per MoE layer
+    top_k: int = 2  # experts per token: 2 = GShard / GLaM / Mixtral, 1 = Switch
+    moe_every: int = 1  # an MoE in every k-th block, dense SwiGLU in the others (GLaM: 2)
+    router: str = "mixtral"  # 'mixtral': softmax, top-k, renormalise; 'switch': top-1 weighted by its probability
+    router_jitter: float = 0.0  # training: router input times U(1 - eps, 1 + eps) (Switch uses 0.01)
+    aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch's alpha; transformers' Mixtral uses 0.001)
+    z_loss_coef: float = 0.001  # router z-loss weight (ST-MoE)
+    capacity_factor: float = None  # None = dropless; e.g. 1.25 = Switch capacity, overflow tokens dropped (training)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+
+
+class Model(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
+        if config.n_kv_head < 1 or config.n_head % config.n_kv_head != 0:
+            raise ValueError(f"n_head ({config.n_head}) must be a multiple of n_kv_head ({config.n_kv_head})")
+        if (config.n_embd // config.n_head) % 2 != 0:
+            raise ValueError(f"head size n_embd/n_head ({config.n_embd // config.n_head}) must be even for RoPE")
+        if config.router not in ("mixtral", "switch"):
+            raise ValueError(f"router={config.router!r} must be 'mixtral' or 'switch'")
+        if config.router == "switch" and config.top_k != 1:
+            raise ValueError(f"router='switch' sends each token to one expert: set top_k=1 (got {config.top_k})")
+        if not 1 <= config.top_k <= config.n_expert:
+            raise ValueError(f"top_k ({config.top_k}) must be between 1 and n_expert ({config.n_expert})")
+        if not 1 <= config.moe_every <= config.n_layer:
+            raise ValueError(f"moe_every ({config.moe_every}) must be between 1 and n_layer ({config.n_layer})")
+        if config.capacity_factor is not None and config.capacity_factor <= 0:
+            raise ValueError(f"capacity_factor ({config.capacity_factor}) must be None (dropless) or > 0")
+        if config.n_embd % GROUP_ALIGN or ffn_hidden_dim(config) % GROUP_ALIGN:
+            raise ValueError(f"n_embd ({config.n_embd}) and the expert hidden size ({ffn_hidden_dim(config)}) must be "
+                             f"multiples of {GROUP_ALIGN} (grouped-matmul kernels need 16-byte aligned rows)")
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList([Block(config, is_moe_layer(i, config)) for i in range(config.n_layer)])
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.output = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.tok_embeddings.weight = self.output.weight
+        self.moe_layers = [i for i in range(config.n_layer) if is_moe_layer(i, config)]
+        self.stats = {}  # router losses, dropped tokens, expert load: refreshed by every full forward
+
+        cos, sin = rope_cos_sin(torch.arange(config.block_size), config.n_embd // config.n_head, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
+        self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs)
+
+        # Init as models/llama.py (std 0.02, residual projections wo and w2 scaled by 1/sqrt(2 * n_layer)), the
+        # experts included, so dense and sparse runs differ only in the architecture. The router keeps std 0.02.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w2.weight", "feed_forward.w2")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, start_pos=None):
+        """start_pos (generation only): position of idx[:, 0]; the new keys/values go into the KV cache.
+        In training the loss is cross-entropy + aux_loss_coef * balancing loss + z_loss_coef * z-loss; in eval mode
+        it is the cross-entropy alone (comparable with dense models), the router losses still reported in stats."""
+        B, T = idx.size()
+        pos0 = 0 if start_pos is None else start_pos
+        if pos0 + T > self.config.block_size:
+            raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
+        cos, sin = self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]
+        router_stats = [] if start_pos is None else None  # generation steps skip the bookkeeping
+        x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
+        for block in self.layers:
+            x = block(x, cos, sin, start_pos, router_stats)
+        x = self.norm(x)
+        logits = self.output(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        if router_stats is not None:
+            aux_loss, z_loss = self.router_losses(router_stats)
+            if loss is not None and self.training:
+                loss = loss + self.config.aux_loss_coef * aux_loss + self.config.z_loss_coef * z_loss
+        return logits, loss
+
+    def router_losses(self, router_stats):
+        """Load-balancing loss (Switch eq. 4-6): E * sum_i f_i * P_i, f_i = fraction of router choices that picked
+        expert i, P_i = mean router probability of expert i; with top-k, f sums to k (GShard), so a perfectly
+        balanced router scores k. Like transformers' load_balancing_loss_func (so Mixtral's aux_loss is matched
+        exactly) f and P pool the choices of all MoE layers before the product; with one MoE layer that is Switch's
+        per-layer loss. Router z-loss (ST-MoE eq. 5): mean over tokens and MoE layers of logsumexp(logits)^2.
+        Also refreshes self.stats: aux_loss, z_loss; dropped_tokens (token-expert assignments over capacity, summed
+        over MoE layers; with top-1 the tokens that skipped the FFN) and dropped_frac (of all assignments); load_max
+        (the busiest expert's share of its layer's choices times E: 1 = balanced, E = collapsed onto one expert);
+        at eval also load_l{layer}_e{expert}, each MoE layer's fraction of its router choices per expert."""
+        E, k = self.config.n_expert, self.config.top_k
+        rows = sum(s["rows"] for s in router_stats)  # tokens times MoE layers
+        chosen = torch.stack([s["chosen"] for s in router_stats])  # (L_moe, E)
+        f = chosen.sum(dim=0) / rows
+        P = torch.stack([s["prob_sum"] for s in router_stats]).sum(dim=0) / rows
+        aux_loss = E * (f * P).sum()
+        z_loss = torch.stack([s["z_sum"] for s in router_stats]).sum() / rows
+        load = chosen / chosen.sum(dim=1, keepdim=True)  # (L_moe, E), 1/E each when balanced
+        dropped = torch.stack([s["dropped"] for s in router_stats]).sum()
+        stats = {"aux_loss": aux_loss.detach(), "z_loss": z_loss.detach(), "dropped_tokens": dropped,
+                 "dropped_frac": dropped / (rows * k), "load_max": load.max().detach() * E}
+        if not self.training:
+            for layer, row in zip(self.moe_layers, load):
+                stats.update({f"load_l{layer}_e{i}": row[i] for i in range(E)})
+        self.stats = stats
+        return aux_loss, z_loss
+
+    def num_params(self, non_embedding=True, active=False):
+        """Parameter count. non_embedding=True leaves out the token embedding (a lookup) unless it is tied to the
+        output layer (a matmul). active=True counts only the top_k experts a token runs through in each MoE layer."""
+        n = sum(p.numel() for p in self.parameters())  # shared (tied) tensors are counted once
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        if active:
+            per_expert = 3 * self.config.n_embd * ffn_hidden_dim(self.config)
+            n -= len(self.moe_layers) * (self.config.n_expert - self.config.top_k) * per_expert
+        return n
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward), PaLM appendix B with active parameters:
+        6 * N_active + 12 * L * C * T. N_active counts top_k experts per MoE layer and the router; the dispatch
+        (gathers, padding rows, at most 7 per expert) is left out."""
+        cfg = self.config
+        return 6 * self.num_params(active=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generate
+
+    def setup_cache(self, batch_size, device, dtype):
+        cfg = self.config
+        shape = (batch_size, cfg.n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        for block in self.layers:
+            block.attention.cache_k = torch.zeros(shape, device=device, dtype=dtype)
+            block.attention.cache_v = torch.zeros(shape, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
+        """Extend idx (B, T) by max_new_tokens. The prompt is run once to fill the KV cache, then each step feeds
+        only the newest token (routing is per token, so experts need no cache). When the block_size cache is full we
+        keep the most recent half of the context and refill the cache from it once (positions restart at 0), so the
+        amortised cost per token stays constant."""
+        cfg = self.config
+        self.setup_cache(idx.size(0), idx.device, self.output.weight.dtype)
+        keep = cfg.block_size // 2
+        context = idx if idx.size(1) <= cfg.block_size else idx[:, -keep:]
+        logits, _ = self(context, start_pos=0)
+        pos = context.size(1)
+        for i in range(max_new_tokens):
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if pos == cfg.block_size:  # cache full: refill from the most recent half of the context
+                logits, _ = self(idx[:, -keep:], start_pos=0)
+                pos = keep
+            else:
+                logits, _ = self(idx_next, start_pos=pos)
+                pos += 1
+        self.setup_cache(0, idx.device, self.output.weight.dtype)  # free the cache
+        return idx
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Hugging Face weights (transformers' MixtralForCausalLM, v5 layout): pure renaming, no transformers import here.
+    # Mixtral stores each layer's experts fused: gate_up_proj (E, 2H, C) = [w1; w3] and down_proj (E, C, H) = w2.
+
+    _hf_top = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+               "lm_head.weight": "output.weight"}
+    _hf_layer = {"self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
+                 "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
+                 "input_layernorm.weight": "attention_norm.weight",
+                 "post_attention_layernorm.weight": "ffn_norm.weight",
+                 "mlp.gate.weight": "feed_forward.router.weight", "mlp.experts.down_proj": "feed_forward.w2"}
+
+    @classmethod
+    def from_hf_state_dict(cls, sd, config):
+        """Load a MixtralForCausalLM state dict (config: router='mixtral', moe_every=1, matching sizes)."""
+        model = cls(config)
+        ours = {}
+        for k, v in sd.items():
+            if "rotary_emb" in k:
+                continue  # RoPE frequency buffers in some checkpoints; ours are recomputed from rope_theta
+            if k in cls._hf_top:
+                ours[cls._hf_top[k]] = v
+                continue
+            _, _, i, rest = k.split(".", 3)  # model.layers.{i}.{rest}
+            if rest == "mlp.experts.gate_up_proj":
+                ours[f"layers.{i}.feed_forward.w1"], ours[f"layers.{i}.feed_forward.w3"] = v.chunk(2, dim=1)
+            else:
+                ours[f"layers.{i}.{cls._hf_layer[rest]}"] = v
+        if config.tie_embeddings and "output.weight" not in ours:
+            ours["output.weight"] = ours["tok_embeddings.weight"]  # tied checkpoints may omit lm_head
+        model.load_state_dict(ours)
+        return model
+
+    def to_hf(self):
+        """(config class, config kwargs, model class, state dict) for the same network in transformers. Mixtral
+        is dropless (equal to ours in eval mode) and its jitter multiplies the expert input too, so it is set to 0."""
+        cfg = self.config
+        if cfg.moe_every != 1 or cfg.router != "mixtral":
+            raise ValueError("transformers' Mixtral has an MoE in every layer with the renormalised top-k router: "
+                             "set moe_every=1 and router='mixtral' to compare against it")
+        kwargs = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=ffn_hidden_dim(cfg),
+                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                      num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
+                      rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                      tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_dropout=0.0,
+                      sliding_window=None, num_local_experts=cfg.n_expert, num_experts_per_tok=cfg.top_k,
+                      router_aux_loss_coef=cfg.aux_loss_coef, router_jitter_noise=0.0,
+                      bos_token_id=None, eos_token_id=None)
+        top = {v: k for k, v in self._hf_top.items()}
+        layer = {v: k for k, v in self._hf_layer.items()}
+        sd = {}
+        for k, v in self.state_dict().items():
+            if k in top:
+                sd[top[k]] = v
+                continue
+            _, i, rest = k.split(".", 2)  # layers.{i}.{rest}
+            if rest == "feed_forward.w1":  # fused with w3 below
+                continue
+            if rest == "feed_forward.w3":
+                sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat(
+                    [self.layers[int(i)].feed_forward.w1.detach(), v], dim=1)
+            else:
+                sd[f"model.layers.{i}.{layer[rest]}"] = v
+        return "MixtralConfig", kwargs, "MixtralForCausalLM", sd
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sparse upcycling (Komatsuzaki et al. 2023): start the experts from a trained dense model
+
+
+def upcycle_from_dense(dense_state_dict, config, router_std=0.002, seed=0):
+    """A state dict for Model(config) from a models/llama.py state dict of the same sizes. Attention, norms and
+    embeddings are copied; in each MoE layer every expert becomes a copy of the dense SwiGLU (w1, w2, w3 stacked
+    n_expert times) and the router starts small (std router_std, 10x below the usual 0.02, as Switch recommends for
+    stability), so routing starts near-uniform and every expert sees tokens. With router='mixtral' the k weights
+    sum to 1, so the upcycled model computes exactly the dense model's function; a 'switch' router scales the FFN
+    output by its probability (~1/E) at first."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in dense_state_dict.items():
+        if ".feed_forward." not in k or not is_moe_layer(int(k.split(".")[1]), config):
+            sd[k] = v
+            continue
+        prefix, name = k.rsplit(".feed_forward.", 1)  # name: w1.weight / w2.weight / w3.weight
+        sd[f"{prefix}.feed_forward.{name[:2]}"] = v.unsqueeze(0).repeat(config.n_expert, 1, 1)  # (E, out, in)
+        if name.startswith("w1"):
+            router = torch.randn(config.n_expert, config.n_embd, generator=gen) * router_std
+            sd[f"{prefix}.feed_forward.router.weight"] = router.to(v.dtype)
+    with torch.device("meta"):  # check every key and shape against the real model without allocating it
+        expected = {k: v.shape for k, v in Model(config).state_dict().items()}
+    got = {k: v.shape for k, v in sd.items()}
+    if got != expected:
+        bad = sorted(set(got.items()) ^ set(expected.items()))[:4]
+        raise ValueError(f"the dense state dict does not fit this MoE config (first differences: {bad})")
+    return sd
+
+
+def main(argv):
+    """python -m models.moe --upcycle IN_CKPT OUT_CKPT [--n_expert 8 --top_k 2 --moe_every 1 --router mixtral]"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m models.moe", description="Sparse upcycling of a models/llama.py "
+                                "checkpoint into a models/moe.py checkpoint (each expert a copy of the dense FFN).")
+    p.add_argument("--upcycle", nargs=2, metavar=("IN_CKPT", "OUT_CKPT"), required=True)
+    p.add_argument("--n_expert", type=int, default=Config.n_expert)
+    p.add_argument("--top_k", type=int, default=Config.top_k)
+    p.add_argument("--moe_every", type=int, default=Config.moe_every)
+    p.add_argument("--router", default=Config.router, choices=("mixtral", "switch"))
+    args = p.parse_args(argv)
+    src, dst = args.upcycle
+    if os.path.isdir(src):
+        src = os.path.join(src, "ckpt.pt")
+    try:
+        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing, truncated, or not loadable with weights_only
+        sys.exit(f"error: cannot read {src}: {str(e).splitlines()[0][:160]}")
+    if not isinstance(ckpt, dict) or ckpt.get("model_name") != "llama" or "model_config" not in ckpt:
+        sys.exit(f"error: {src} is not a models/llama.py checkpoint (model_name 'llama' written by train.py)")
+    if ckpt["model_config"].get("sliding_window") is not None:
+        sys.exit("error: the dense model uses a sliding window, which models/moe.py does not have")
+    ours = {f.name for f in fields(Config)}
+    shared = {k: v for k, v in ckpt["model_config"].items() if k in ours}
+    try:
+        config = Config(**{**shared, "n_expert": args.n_expert, "top_k": args.top_k, "moe_every": args.moe_every,
+                           "router": args.router})
+        sd = upcycle_from_dense(ckpt["model"], config)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    tmp = f"{dst}.tmp"  # write, then rename: an interrupted run never leaves a half-written checkpoint
+    torch.save({"model": sd, "model_name": "moe", "model_config": asdict(config), "iter_num": 0}, tmp)
+    os.replace(tmp, dst)
+    overrides = " ".join(f"--{k}={v!r}" if isinstance(v, str) else f"--{k}={v}"
+                         for k, v in asdict(config).items() if v != getattr(Config, k))
+    n = sum(v.numel() for k, v in sd.items() if not (config.tie_embeddings and k == "output.weight"))
+    print(f"wrote {dst}: {n / 1e6:.2f}M parameters "
+          f"({config.n_expert} experts, top-{config.top_k}). Continue training with the same sizes, e.g.\n"
+          f"  python train.py config/moe_shakespeare_char.py --init_from={dst} {overrides}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """Pick the next token from the last position's logits (B, V): greedy at temperature 0, else sample after
+    optional top-k and nucleus (top-p) truncation."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set whose mass reaches top_p
+        sorted_logits[drop] = -float("inf")
+        logits = torch.full_like(logits, -float("inf")).scatter(-1, sorted_idx, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
