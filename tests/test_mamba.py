@@ -1,0 +1,296 @@
+"""models/mamba.py: the chunked scan against a plain sequential scan (here, not in the model), parity with
+transformers' MambaForCausalLM (logits and greedy generation), recurrent decoding against the full forward,
+stability at T = 4096, init. CPU, float32, tiny configs."""
+
+import math
+
+import pytest
+import torch
+import transformers
+
+from models.mamba import Config, Model, selective_scan, selective_step
+
+V = 97  # vocabulary of the tiny test models
+
+
+def tiny(**kw):
+    cfg = dict(block_size=64, vocab_size=V, n_layer=2, d_model=32, d_state=8)
+    cfg.update(kw)
+    return Config(**cfg)
+
+
+def tokens(B, T, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def scale_up(model, std=0.3, seed=0):
+    """Random weights large enough that logits are far from flat (greedy decoding then means something). A_log, D,
+    dt bias and norm gains random too, so a transposed or mis-mapped parameter would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith(("A_log", ".D", "dt_proj.bias")):
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+def reference_scan(x, dt, A, B, C, h0=None):
+    """The recurrence exactly as written in the paper, one step at a time (Algorithm 2, l sequential steps)."""
+    b, l, E = x.shape
+    h = h0 if h0 is not None else torch.zeros(b, E, A.shape[1])
+    ys = []
+    for t in range(l):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[..., None] * B[:, t, None, :]  # (b, E, N)
+        ys.append((h * C[:, t, None, :]).sum(-1))  # (b, E)
+    return torch.stack(ys, dim=1), h
+
+
+def scan_inputs(b, l, E, N, log_dt_range=(-7.0, 1.0), seed=0):
+    """Random scan inputs; dt log-uniform in exp(log_dt_range), A = -exp(A_log) with A_log ~ N(1, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, l, E, generator=g)
+    lo, hi = log_dt_range
+    dt = torch.exp(lo + (hi - lo) * torch.rand(b, l, E, generator=g))
+    A = -torch.exp(1.0 + torch.randn(E, N, generator=g))
+    B, C = torch.randn(b, l, N, generator=g), torch.randn(b, l, N, generator=g)
+    h0 = torch.randn(b, E, N, generator=g)
+    return x, dt, A, B, C, h0
+
+
+def hf_from(model):
+    cfg_cls, kwargs, model_cls, sd = model.to_hf()
+    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs)).eval()
+    hf.load_state_dict(sd)
+    return hf
+
+
+def state_step_logits(model, idx, prompt_len):
+    """Logits from the recurrent path: the prompt through the chunked scan, then one token at a time."""
+    model.setup_state(idx.size(0), idx.device, torch.float32)
+    logits, _ = model(idx[:, :prompt_len], start_pos=0)
+    steps = [logits]
+    for t in range(prompt_len, idx.size(1)):
+        logits, _ = model(idx[:, t:t + 1], start_pos=t)
+        steps.append(logits)
+    model.setup_state(None, None, None)
+    return torch.cat(steps, dim=1)  # (B, T, V)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The selective scan
+
+
+@pytest.mark.parametrize("l", [1, 7, 16, 50, 64])
+def test_chunked_scan_equals_sequential_reference(l):
+    x, dt, A, B, C, h0 = scan_inputs(2, l, 6, 4)
+    for init in (None, h0):
+        y, h = selective_scan(x, dt, A, B, C, init)
+        y_ref, h_ref = reference_scan(x, dt, A, B, C, init)
+        assert y.shape == (2, l, 6) and h.shape == (2, 6, 4)
+        assert (y - y_ref).abs().max().item() < 1e-5
+        assert (h - h_ref).abs().max().item() < 1e-5
+
+
+def test_chunked_scan_gradients_equal_reference():
+    inputs = [t.requires_grad_() for t in scan_inputs(2, 30, 5, 3)]
+    y, h = selective_scan(*inputs)
+    (y.sin().sum() + h.cos().sum()).backward()
+    grads = [t.grad.clone() for t in inputs]
+    for t in inputs:
+        t.grad = None
+    y, h = reference_scan(*inputs)
+    (y.sin().sum() + h.cos().sum()).backward()
+    for g, t in zip(grads, inputs):
+        assert (g - t.grad).abs().max().item() < 1e-4 * (1 + t.grad.abs().max().item())
+
+
+def test_step_equals_one_scan_step():
+    x, dt, A, B, C, h0 = scan_inputs(3, 1, 6, 4)
+    y, h = selective_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+    y_ref, h_ref = reference_scan(x, dt, A, B, C, h0)
+    assert (y - y_ref[:, 0]).abs().max().item() < 1e-6 and (h - h_ref).abs().max().item() < 1e-6
+
+
+def test_long_sequence_with_large_dt_is_finite_and_exact():
+    # T = 4096 with dt from 1e-3 to e^5 ~ 150 and |A| up to ~50: per-step log-decays down to ~ -7000, cumulative
+    # ones within a chunk far below what exp(+x) could represent. The chunked scan must stay finite and exact.
+    x, dt, A, B, C, h0 = scan_inputs(1, 4096, 4, 4, log_dt_range=(-7.0, 5.0))
+    inputs = [t.requires_grad_() for t in (x, dt, A, B, C)]
+    y, h = selective_scan(*inputs, h0)
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    (y.square().mean() + h.square().mean()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs)
+    with torch.no_grad():
+        y_ref, h_ref = reference_scan(x, dt, A, B, C, h0)
+    scale = 1 + y_ref.abs().max().item()
+    assert (y - y_ref).abs().max().item() < 1e-6 * scale and (h - h_ref).abs().max().item() < 1e-6 * scale
+
+
+def test_model_at_4096_tokens_with_large_dt_is_finite():
+    torch.manual_seed(0)
+    model = Model(tiny(n_layer=1, d_model=8, d_state=4, vocab_size=16, block_size=4096))
+    with torch.no_grad():
+        model.backbone.layers[0].mixer.dt_proj.bias.uniform_(-5.0, 60.0)  # softplus: dt up to 60
+    idx = torch.randint(0, 16, (1, 4096), generator=torch.Generator().manual_seed(0))
+    logits, loss = model(idx, targets=idx)
+    loss.backward()
+    assert torch.isfinite(logits).all() and torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parity with transformers' MambaForCausalLM (its pure-PyTorch path: a sequential scan)
+
+
+def test_hf_parity_logits():
+    torch.manual_seed(0)
+    kw = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, state_size=8, conv_kernel=4, expand=2,
+              bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = scale_up(transformers.MambaForCausalLM(transformers.MambaConfig(**kw)))
+    model = Model.from_hf_state_dict(hf.state_dict(), tiny()).eval()
+    idx = tokens(2, 50)  # 50: not a multiple of the chunk length, so the padded last chunk is exercised
+    with torch.no_grad():
+        ref = hf(idx, use_cache=False).logits
+        ours, _ = model(idx)
+    assert ref.std().item() > 1.0  # far from flat
+    assert (ours - ref).abs().max().item() < 1e-4
+
+
+def test_to_hf_greedy_generation_matches_hf():
+    torch.manual_seed(0)
+    model = scale_up(Model(tiny()))
+    hf = hf_from(model)
+    prompt, n = tokens(2, 9), 24
+    out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False,
+                      eos_token_id=None, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    ours = model.generate(prompt, n, temperature=0)
+    assert out.sequences.shape == ours.shape == (2, 9 + n)
+    assert torch.equal(out.sequences, ours)
+    assert len(set(ours[:, 9:].flatten().tolist())) > 3  # not one token repeated
+    with torch.no_grad():  # HF's per-step logits (its cached path) against ours on the same sequence
+        full, _ = model(ours[:, :-1])
+    hf_steps = torch.stack(out.logits, dim=1)  # (B, n, V)
+    assert (full[:, 8:] - hf_steps).abs().max().item() < 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recurrent decoding
+
+
+@pytest.mark.parametrize("prompt_len", [1, 20])
+def test_recurrent_steps_equal_full_forward(prompt_len):
+    torch.manual_seed(0)
+    model = scale_up(Model(tiny()))
+    idx = tokens(2, 40)
+    with torch.no_grad():
+        full, _ = model(idx)
+        stepped = state_step_logits(model, idx, prompt_len)
+    assert (full - stepped).abs().max().item() < 1e-4
+
+
+def test_generation_state_is_constant_size_and_has_no_length_limit():
+    torch.manual_seed(0)
+    model = Model(tiny(block_size=16)).eval()
+    sizes = []
+    for T in (10, 300):  # a prompt far past block_size: nothing grows with the position
+        model.setup_state(2, "cpu", torch.float32)
+        with torch.no_grad():
+            model(tokens(2, T), start_pos=0)
+            model(tokens(2, 1), start_pos=T)
+        sizes.append([(tuple(b.mixer.conv_state.shape), tuple(b.mixer.ssm_state.shape)) for b in model.backbone.layers])
+    assert sizes[0] == sizes[1] == [((2, 64, 3), (2, 64, 8))] * 2
+    out = model.generate(tokens(2, 20), 30, temperature=0)
+    assert out.shape == (2, 50)
+    assert all(b.mixer.ssm_state is None for b in model.backbone.layers)  # freed after generate
+
+
+def test_sampling_shapes_and_determinism():
+    torch.manual_seed(0)
+    model = Model(tiny()).eval()
+    prompt = tokens(3, 4)
+    torch.manual_seed(5)
+    a = model.generate(prompt, 12, temperature=0.8, top_k=10, top_p=0.9)
+    torch.manual_seed(5)
+    b = model.generate(prompt, 12, temperature=0.8, top_k=10, top_p=0.9)
+    assert a.shape == (3, 16) and torch.equal(a, b) and torch.equal(a[:, :4], prompt)
+
+
+def test_autocast_bf16_forward_and_generate():
+    torch.manual_seed(0)
+    model = Model(tiny())
+    idx = tokens(2, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets=idx)
+        gen = model.generate(idx[:, :4], 12, temperature=0)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert gen.shape == (2, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training path and init
+
+
+def test_recompute_scan_gives_equal_gradients():
+    torch.manual_seed(0)
+    a = Model(tiny())
+    b = Model(tiny(recompute_scan=True))
+    b.load_state_dict(a.state_dict())
+    idx, targets = tokens(2, 32), tokens(2, 32, seed=2)
+    la, lb = a(idx, targets)[1], b(idx, targets)[1]
+    la.backward()
+    lb.backward()
+    assert la.item() == pytest.approx(lb.item(), abs=1e-6)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert (pa.grad - pb.grad).abs().max().item() < 1e-6, name
+
+
+def test_loss_at_init_is_ln_vocab():
+    torch.manual_seed(0)
+    model = Model(tiny())
+    idx, targets = tokens(4, 64), tokens(4, 64, seed=2)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(V)) < 0.05
+    masked = targets.clone()
+    masked[:, ::2] = -1  # ignore_index=-1: only the other half counts
+    logits, loss_masked = model(idx, masked)
+    keep = masked != -1
+    ref = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert loss_masked.item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_init_follows_the_paper():
+    torch.manual_seed(0)
+    cfg = tiny(n_layer=4)
+    model = Model(cfg)
+    m = model.backbone.layers[0].mixer
+    assert torch.allclose(m.A_log, torch.log(torch.arange(1, 9.0)).expand(64, 8))  # S4D-Real: A = -(1..N)
+    assert torch.equal(m.D.data, torch.ones(64))
+    dt = torch.nn.functional.softplus(m.dt_proj.bias)  # step sizes at init, log-uniform in [dt_min, dt_max]
+    assert dt.min().item() >= cfg.dt_min * 0.999 and dt.max().item() <= cfg.dt_max * 1.001
+    assert dt.max().item() / dt.min().item() > 10  # spread over the range, not a constant
+    assert m.dt_rank == 2 and m.dt_proj.weight.abs().max().item() <= 2 ** -0.5
+    assert model.backbone.embeddings.weight is model.lm_head.weight
+    assert model.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    # out_proj: PyTorch's default uniform(+-1/sqrt(fan_in)) scaled by 1/sqrt(n_layer)
+    assert m.out_proj.weight.abs().max().item() <= 1 / math.sqrt(64) / math.sqrt(4)
+
+
+def test_param_count_and_flops():
+    model = Model(tiny())
+    d, E, N, R, K = 32, 64, 8, 2, 4
+    per_layer = d * 2 * E + E * K + E + E * (R + 2 * N) + R * E + E + E * N + E + E * d + d
+    assert model.num_params() == model.num_params(non_embedding=False) == 2 * per_layer + V * d + d
+    assert model.flops_per_token() == 6 * model.num_params() + 21 * 2 * E * N
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="d_conv"):
+        Model(tiny(d_conv=1))
+    with pytest.raises(ValueError, match="dt_min"):
+        Model(tiny(dt_min=0.5, dt_max=0.1))
+    with pytest.raises(ValueError, match="d_state"):
+        Model(tiny(d_state=0))
