@@ -8,8 +8,11 @@ import difflib
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
+import traceback
+import warnings
 from ast import literal_eval
 
 import torch
@@ -43,7 +46,10 @@ def load_model_module(name):
 def check_type(key, value, default):
     if default is None or value is None or isinstance(default, str) and default == "auto":
         return value
-    if isinstance(default, bool) or isinstance(value, bool):
+    if isinstance(default, tuple):  # a list setting: --contexts=128,512 or a single --contexts=128
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        ok = all(isinstance(v, type(default[0])) for v in value)
+    elif isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(value, bool) and isinstance(default, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float))
@@ -62,9 +68,14 @@ def parse_config(argv, defaults, script):
     for arg in argv:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
-                die(f"config file {arg} not found")
+                die(f"config file {arg} not found" + ("" if arg.endswith(".py") else "; settings are written --key=value"))
             scope = {}
-            exec(compile(open(arg).read(), arg, "exec"), scope)
+            try:
+                exec(compile(open(arg).read(), arg, "exec"), scope)
+            except Exception as e:  # a config file is plain Python: point at the line that failed
+                line = e.lineno if isinstance(e, SyntaxError) else next(
+                    f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == arg)
+                die(f"config file {arg}, line {line}: {type(e).__name__}: {e.msg if isinstance(e, SyntaxError) else e}")
             settings.update({k: v for k, v in scope.items() if not k.startswith("_") and not callable(v)
                              and not isinstance(v, type(os))})
         else:
@@ -87,7 +98,7 @@ def parse_config(argv, defaults, script):
             valid = list(defaults) + list(model_defaults)
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            die(f"unknown setting {key!r} for {script} with models/{own['model']}.py; {hint}valid keys: {', '.join(valid)}")
+            die(f"unknown setting {key!r} for {script} with models/{settings.get('model', defaults['model'])}.py; {hint}valid keys: {', '.join(valid)}")
     return own, module, model
 
 
@@ -105,15 +116,25 @@ def load_meta(data_dir, dataset, auto_prepare=True):
         if subprocess.run([sys.executable, script]).returncode != 0:
             sys.exit(1)  # the prepare script has printed its one-line reason
     if not os.path.isfile(meta_path):
-        die(f"dataset {dataset!r} not found ({meta_path} is missing); run: python {script}")
+        if os.path.isfile(script):
+            die(f"dataset {dataset!r} not found ({meta_path} is missing); run: python {script}")
+        have = sorted(f[:-3] for f in os.listdir(os.path.dirname(script)) if f.endswith(".py")
+                      and f not in ("__init__.py", "common.py"))
+        die(f"dataset {dataset!r} not found ({meta_path} is missing) and there is no {script} to make it; "
+            f"write {data_dir}/{{train,val}}.bin and meta.json as prepare/common.py does, or pick one of: {', '.join(have)}")
+    fix = f"rerun python {script}" if os.path.isfile(script) else "rewrite it"
     try:
         with open(meta_path) as f:
             meta = json.load(f)
-        assert isinstance(meta["vocab_size"], int) and meta["tokenizer"] in ("char", "gpt2")
-        assert meta["tokenizer"] != "char" or len(meta["chars"]) == meta["vocab_size"]
-    except (ValueError, KeyError, AssertionError, TypeError):
-        die(f"{meta_path} is unreadable or inconsistent (needs vocab_size, tokenizer 'char'|'gpt2', chars); "
-            f"rerun python {script}")
+        vocab_size, tok, chars = meta["vocab_size"], meta["tokenizer"], meta.get("chars")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # not JSON, not an object, or a key missing
+        die(f"{meta_path} is unreadable ({'no ' + str(e) if isinstance(e, KeyError) else e}); {fix}")
+    problem = ("vocab_size is not an int" if not isinstance(vocab_size, int) else
+               f"tokenizer {tok!r} is not 'char' or 'gpt2'" if tok not in ("char", "gpt2") else
+               f"it lists {len(chars or '')} chars for vocab_size {vocab_size}"
+               if tok == "char" and len(chars or "") != vocab_size else None)
+    if problem:
+        die(f"{meta_path} is inconsistent: {problem}; {fix}")
     return meta
 
 
@@ -125,7 +146,8 @@ def tokenizer(meta):
         def encode(s):
             bad = sorted(set(c for c in s if c not in stoi))
             if bad:
-                die(f"prompt has characters outside the model's character vocabulary: {''.join(bad)!r}")
+                die(f"prompt has characters outside the model's character vocabulary: {''.join(bad)!r}; "
+                    f"use only characters that occur in the training text")
             return [stoi[c] for c in s]
 
         return encode, lambda ids: "".join(meta["chars"][i] for i in ids)
@@ -140,10 +162,20 @@ def tokenizer(meta):
 
 
 def save_checkpoint(ckpt, path):
-    """Write to a temporary file, then rename: a crash mid-write never corrupts the previous checkpoint."""
+    """Write to a temporary file, flush it to disk, then rename over the old one: a crash, a kill or a full disk
+    mid-write never corrupts the previous checkpoint (os.replace is atomic)."""
     tmp = f"{path}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch's writer reports a failed write this way
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        what = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
+        die(f"could not write {path} ({getattr(e, 'strerror', None) or e}); {what}; free some space or use another --out_dir")
 
 
 def load_checkpoint(path):
@@ -152,13 +184,18 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         die(f"checkpoint {path} not found; train one first (python train.py CONFIG) or check --out_dir/--ckpt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        kind = "is not a plain tensor checkpoint (refused by weights_only loading)" \
-            if "weights_only" in str(e) or "Unsupported global" in str(e) else "is truncated or corrupt"
-        die(f"checkpoint {path} {kind}: {str(e).splitlines()[0][:160]}")
+        foreign = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if foreign:  # unpickling it would import (and possibly run) arbitrary code
+            die(f"checkpoint {path} holds a {foreign[1]} object, which weights_only loading refuses; it was not "
+                f"written by train.py: re-save just its tensors, and only if you trust where it came from")
+        why = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split(". ")[0])[:100]
+        die(f"checkpoint {path} is truncated or corrupt ({why or type(e).__name__}); use an intact copy or train again")
     if not isinstance(ckpt, dict) or not {"model", "model_name", "model_config"} <= set(ckpt):
-        die(f"{path} is not a nanoevo checkpoint (needs model, model_name, model_config)")
+        die(f"{path} is not a nanoevo checkpoint (a dict with model, model_name, model_config, as train.py writes)")
     return ckpt
 
 
@@ -169,10 +206,14 @@ def strip_prefixes(state_dict):
 
 
 def build_model(module, model_kwargs):
+    name = module.__name__.split(".")[-1]
+    unknown = set(model_kwargs) - {f.name for f in dataclasses.fields(module.Config)}
+    if unknown:  # e.g. a checkpoint's config from before the model file was edited
+        die(f"models/{name}.py's Config has no field(s) {', '.join(sorted(unknown))}; was the model file edited?")
     try:
         return module.Model(module.Config(**model_kwargs))
     except (ValueError, AssertionError) as e:
-        die(f"invalid model config for models/{module.__name__.split('.')[-1]}.py: {e}")
+        die(f"invalid model config for models/{name}.py: {e}")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -199,7 +199,9 @@ class Model(nn.Module):
         """Extend idx (B, T) by max_new_tokens. The prompt is run once to fill the KV cache, then each step feeds
         only the newest token. Learned positions end at block_size: when the cache is full we keep the most recent
         half of the context and refill the cache from it once, so the amortised cost per token stays constant."""
-        self.setup_cache(idx.size(0), idx.device, self.lm_head.weight.dtype)
+        dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
+        self.setup_cache(idx.size(0), idx.device, dtype)
         keep = self.config.block_size // 2
         context = idx if idx.size(1) <= self.config.block_size else idx[:, -keep:]
         logits, _ = self(context, start_pos=0)
@@ -215,7 +217,7 @@ class Model(nn.Module):
             else:
                 logits, _ = self(idx_next, start_pos=pos)
                 pos += 1
-        self.setup_cache(0, idx.device, self.lm_head.weight.dtype)  # free the cache
+        self.setup_cache(0, idx.device, dtype)  # free the cache
         return idx
 
     # ------------------------------------------------------------------------------------------------------------

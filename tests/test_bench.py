@@ -1,0 +1,46 @@
+"""bench.py smoke tests: tiny configs, a couple of steps; the output parses. Timings are never asserted."""
+
+import json
+import re
+
+from conftest import run
+
+TINY_BENCH = ["--model=gpt2", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=64",
+              "--batch_size=2", "--train_steps=2", "--warmup_steps=1", "--contexts=8,16", "--decode_tokens=4",
+              "--scaling_lengths=16,32", "--device=cpu"]
+
+
+def test_all_modes_with_hf_twin(tmp_path):
+    p = run("bench.py", *TINY_BENCH, "--vs_hf=True", "--results=res.jsonl", cwd=tmp_path)
+    rec = json.loads((tmp_path / "res.jsonl").read_text().splitlines()[-1])
+    assert rec["model"] == "gpt2" and rec["torch"] and rec["date"] and rec["device"] == "cpu"
+    assert {(r["impl"], r["dtype"]) for r in rec["train"]} == {(i, d) for i in ("ours", "hf")
+                                                               for d in ("float32", "bfloat16")}
+    assert all(r["tok_s"] > 0 and r["ms"] > 0 and 0 < r["mfu"] for r in rec["train"])
+    assert sorted({r["context"] for r in rec["infer"]}) == [8, 16]
+    assert all(r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 for r in rec["infer"])
+    assert sorted({r["T"] for r in rec["scaling"]}) == [16, 32]
+    ratios = re.findall(r"train float32 T=32: ([\d.]+)x tokens/s", p.stdout)
+    assert len(ratios) == 1 and float(ratios[0]) > 0
+    assert "decode float32 context 16:" in p.stdout
+
+
+def test_every_model_file_runs_in_bench(tmp_path):
+    sizes = {"llama": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--multiple_of=8"], "mamba": ["--d_model=32"],
+             "retnet": ["--n_head=2", "--n_embd=32"], "moe": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--multiple_of=8", "--n_expert=4"],
+             "transformer": ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"]}
+    for model, extra in sizes.items():
+        args = [a for a in TINY_BENCH if not a.startswith(("--model", "--n_head", "--n_embd", "--n_layer"))]
+        args += [] if model == "transformer" else ["--n_layer=2"]
+        p = run("bench.py", *args, f"--model={model}", *extra, "--dtypes=float32", "--results=res.jsonl", cwd=tmp_path)
+        assert "Training (forward" in p.stdout, model
+    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 5
+
+
+def test_bench_bad_input_one_line(tmp_path):
+    p = run("bench.py", *TINY_BENCH, "--modes=train,fly", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "choose from train, infer, scaling" in p.stderr
+    p = run("bench.py", *TINY_BENCH, "--trainstep=3", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and "did you mean 'train_steps'" in p.stderr
+    p = run("bench.py", "--model=retnet", "--vs_hf=True", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and "models/retnet.py has no to_hf()" in p.stderr and "Traceback" not in p.stderr
