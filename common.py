@@ -68,7 +68,8 @@ def parse_config(argv, defaults, script):
     for arg in argv:
         if not arg.startswith("--"):
             if not os.path.isfile(arg):
-                die(f"config file {arg} not found" + ("" if arg.endswith(".py") else "; settings are written --key=value"))
+                hint = "" if arg.endswith(".py") else "; settings are written --key=value"
+                die(f"config file {arg} not found{hint}")
             scope = {}
             try:
                 exec(compile(open(arg).read(), arg, "exec"), scope)
@@ -116,12 +117,15 @@ def load_meta(data_dir, dataset, auto_prepare=True):
         if subprocess.run([sys.executable, script]).returncode != 0:
             sys.exit(1)  # the prepare script has printed its one-line reason
     if not os.path.isfile(meta_path):
+        missing = f"{meta_path} is missing" if os.path.isdir(data_dir) else \
+            f"dataset {dataset!r} not found ({meta_path} is missing)"
         if os.path.isfile(script):
-            die(f"dataset {dataset!r} not found ({meta_path} is missing); run: python {script}")
+            die(f"{missing}; run: python {script}")
         have = sorted(f[:-3] for f in os.listdir(os.path.dirname(script)) if f.endswith(".py")
                       and f not in ("__init__.py", "common.py"))
-        die(f"dataset {dataset!r} not found ({meta_path} is missing) and there is no {script} to make it; "
-            f"write {data_dir}/{{train,val}}.bin and meta.json as prepare/common.py does, or pick one of: {', '.join(have)}")
+        die(f"{missing} and there is no {script} to make it; "
+            f"write {data_dir}/{{train,val}}.bin and meta.json as prepare/common.py does, "
+            f"or pick one of: {', '.join(have)}")
     fix = f"rerun python {script}" if os.path.isfile(script) else "rewrite it"
     try:
         with open(meta_path) as f:
@@ -175,7 +179,8 @@ def save_checkpoint(ckpt, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         what = "the previous checkpoint is intact" if os.path.exists(path) else "no checkpoint was written"
-        die(f"could not write {path} ({getattr(e, 'strerror', None) or e}); {what}; free some space or use another --out_dir")
+        die(f"could not write {path} ({getattr(e, 'strerror', None) or e}); {what}; "
+            f"free some space or use another --out_dir")
 
 
 def load_checkpoint(path):
@@ -188,9 +193,9 @@ def load_checkpoint(path):
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        foreign = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        foreign = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
         if foreign:  # unpickling it would import (and possibly run) arbitrary code
-            die(f"checkpoint {path} holds a {foreign[1]} object, which weights_only loading refuses; it was not "
+            die(f"checkpoint {path} holds a pickled {foreign[1]}, which weights_only loading refuses; it was not "
                 f"written by train.py: re-save just its tensors, and only if you trust where it came from")
         why = next((line for line in str(e).splitlines() if "Unsupported" in line), str(e).split(". ")[0])[:100]
         die(f"checkpoint {path} is truncated or corrupt ({why or type(e).__name__}); use an intact copy or train again")

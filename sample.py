@@ -30,6 +30,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.error = lambda msg: die(f"{msg}; see python sample.py --help")  # one line, not argparse's usage block
     args = p.parse_args(argv)
 
     device = pick_device(args.device)

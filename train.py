@@ -15,6 +15,7 @@ The trainer knows nothing about any model beyond the shared interface (see READM
 import dataclasses
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -72,9 +73,13 @@ def open_bin(data_dir, split, block_size, vocab_size):
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.isfile(path):
         die(f"{path} is missing; rerun the dataset's prepare script")
+    n_bytes = os.path.getsize(path)
+    if n_bytes % 2:
+        die(f"{path} has an odd number of bytes, so it is not a uint16 token file; rerun the dataset's prepare script")
+    if n_bytes // 2 <= block_size + 1:
+        die(f"{path} has {n_bytes // 2} tokens, too few for block_size {block_size}; "
+            f"use a smaller block_size or more data")
     data = np.memmap(path, dtype=np.uint16, mode="r")
-    if len(data) <= block_size + 1:
-        die(f"{path} has {len(data)} tokens, too few for block_size {block_size}; use a smaller block_size or more data")
     top = int(data[: 1 << 28].max())  # a full scan of the first 256M tokens catches a wrong tokenizer or meta
     if top >= vocab_size:
         die(f"{path} holds token id {top} but vocab_size is {vocab_size}; the bin and meta.json disagree, re-prepare")
@@ -114,19 +119,28 @@ def get_lr(it, cfg):
 def main(argv):
     cfg, module, model_kwargs = parse_config(argv, DEFAULTS, "train.py")
     model_name = cfg["model"]
+    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+        if cfg[key] < 1:
+            die(f"{key}={cfg[key]} must be at least 1")
+    if cfg["schedule"] not in ("cosine", "noam", "constant"):
+        die(f"schedule={cfg['schedule']!r} is not one of 'cosine', 'noam', 'constant'")
+    if cfg["compile"] not in ("auto", True, False):
+        die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
     # Distributed setup: torchrun sets RANK/WORLD_SIZE; every process runs this same script.
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     master = rank == 0
-    device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and cfg["device"] in ("auto", "cuda") else cfg["device"])
+    accum = cfg["gradient_accumulation_steps"]
+    if accum % world != 0:
+        die(f"gradient_accumulation_steps={accum} must be divisible by the number of processes ({world}); "
+            f"use a multiple of {world}")
+    accum //= world  # micro-steps per process; the global batch is the same however many processes share it
+    gpu = cfg["device"] == "cuda" or cfg["device"] == "auto" and torch.cuda.is_available()
+    device = pick_device(f"cuda:{os.environ['LOCAL_RANK']}" if ddp and gpu else cfg["device"])
     if ddp:
         torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    accum = cfg["gradient_accumulation_steps"]
-    if accum % world != 0:
-        die(f"gradient_accumulation_steps={accum} must be divisible by the number of processes ({world})")
-    accum //= world  # micro-steps per process; the global batch is the same however many processes share it
     ptdtype = pick_dtype(cfg["dtype"], device)
     autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
     use_compile = device.type == "cuda" if cfg["compile"] == "auto" else bool(cfg["compile"])
@@ -147,30 +161,40 @@ def main(argv):
         meta = load_meta(data_dir, cfg["dataset"], auto_prepare=False)
     model_kwargs.setdefault("vocab_size", meta["vocab_size"])
     if model_kwargs["vocab_size"] < meta["vocab_size"]:
-        die(f"vocab_size={model_kwargs['vocab_size']} is smaller than the dataset's {meta['vocab_size']}")
+        die(f"vocab_size={model_kwargs['vocab_size']} is smaller than the dataset's {meta['vocab_size']}; "
+            f"leave vocab_size out (it defaults to the dataset's) or raise it")
     block_size = model_kwargs.get("block_size", module.Config.block_size)
     train_data = open_bin(data_dir, "train", block_size, model_kwargs["vocab_size"])
     val_data = open_bin(data_dir, "val", block_size, model_kwargs["vocab_size"])
 
     # Model, optimizer, state: from scratch, from another checkpoint's weights, or resumed
     torch.manual_seed(cfg["seed"])  # the same initial weights in every process
+    model = build_model(module, model_kwargs)
+    run_cfg = dataclasses.asdict(model.config)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
     if ckpt is not None:
-        full_cfg = dataclasses.asdict(module.Config(**model_kwargs))
         if ckpt["model_name"] != model_name:
             die(f"{ckpt_path} holds a {ckpt['model_name']!r} model, not {model_name!r}; use another --out_dir")
-        diff = [f"{k}={ckpt['model_config'].get(k)!r} (checkpoint) vs {v!r}" for k, v in full_cfg.items()
+        diff = [f"{k}={ckpt['model_config'].get(k)!r} (checkpoint) vs {v!r}" for k, v in run_cfg.items()
                 if ckpt["model_config"].get(k) != v]
         if diff:
-            die(f"--resume with a different model config than {ckpt_path}: {'; '.join(diff)}")
-    model = build_model(module, model_kwargs)
-    source = ckpt if ckpt is not None else load_checkpoint(cfg["init_from"]) if cfg["init_from"] else None
+            die(f"--resume with a different model config than {ckpt_path}: {'; '.join(diff)}; "
+                f"pass the checkpoint's values, or use another --out_dir for a new run")
+        missing = [k for k in ("optimizer", "scaler", "iter_num", "best_val_loss", "rng") if k not in ckpt]
+        if missing:
+            die(f"{ckpt_path} has weights but no training state ({', '.join(missing)}); "
+                f"start a new run from its weights with --init_from={ckpt_path}")
+    source_path = ckpt_path if ckpt is not None else cfg["init_from"]
+    source = ckpt if ckpt is not None else load_checkpoint(source_path) if source_path else None
     if source is not None:
         try:
             model.load_state_dict(strip_prefixes(source["model"]))
-        except RuntimeError as e:
-            die(f"checkpoint weights do not fit models/{model_name}.py with this config: {str(e).splitlines()[1][:200]}")
+        except RuntimeError as e:  # name the settings that differ: e.g. a block_size beyond learned positions
+            diff = ", ".join(f"{k}={v!r}" for k, v in source["model_config"].items() if run_cfg.get(k, v) != v)
+            why = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:160].rstrip(".")
+            die(f"the weights in {source_path} do not fit models/{model_name}.py as configured here: {why}"
+                + (f"; the checkpoint was trained with {diff}" if diff else ""))
     model.to(device)
     # Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks `_no_weight_decay`).
     decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
@@ -179,14 +203,19 @@ def main(argv):
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
-        fused=device.type == "cuda")
+        fused=device.type in ("cuda", "cpu"))
     scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
-    iter_num, best_val, skipped = 0, float("inf"), 0
+    iter_num, best_val, skipped, saved_iter = 0, float("inf"), 0, None  # saved_iter: the last checkpoint written
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:
+            die(f"the optimizer state in {ckpt_path} does not fit this model ({e}); "
+                f"start a new run from its weights with --init_from={ckpt_path}")
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val, skipped = ckpt["iter_num"], ckpt["best_val_loss"], ckpt.get("skipped", 0)
+        saved_iter = iter_num
         data_gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -225,7 +254,17 @@ def main(argv):
         model.train()
         return out
 
+    def stop_nonfinite(what, fix):
+        """NaN or inf: stop before anything overwrites the last good checkpoint, and say how to go on."""
+        where = (f"the last good checkpoint, {ckpt_path} (iter {saved_iter}), is intact: --resume from it with"
+                 if saved_iter is not None else "no checkpoint was written yet: restart with")
+        die(f"{what}; {where} {fix}")
+
     def checkpoint():
+        nonlocal saved_iter
+        if not torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all():  # never save NaNs
+            stop_nonfinite(f"the weights are not finite at iter {iter_num} (a NaN/inf gradient?)",
+                           "a lower learning_rate or grad_clip")
         save_checkpoint({
             "model": strip_prefixes(raw_model.state_dict()), "model_name": model_name,
             "model_config": dataclasses.asdict(raw_model.config), "config": cfg, "meta": meta,
@@ -234,16 +273,18 @@ def main(argv):
             "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }, ckpt_path)
+        saved_iter = iter_num
 
-    # Ctrl-C / SIGTERM: finish the current step, save, exit 0. A second Ctrl-C exits at once.
+    # Ctrl-C / SIGTERM: finish the current step, save, exit 0. A second Ctrl-C exits at once; a repeated SIGTERM
+    # (a scheduler and torchrun both forward one) does not cut the save short.
     stop = {"requested": False}
 
     def on_signal(signum, frame):
-        if stop["requested"]:
+        if stop["requested"] and signum == signal.SIGINT:
             os._exit(130)  # the last complete checkpoint stays as it was (writes are atomic)
-        stop["requested"] = True
-        if master:
+        if master and not stop["requested"]:
             print("\nstopping after this step (press Ctrl-C again to quit without saving)", flush=True)
+        stop["requested"] = True
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -286,11 +327,12 @@ def main(argv):
             torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
         if not torch.isfinite(loss_sum):
             if not cfg["skip_nonfinite"]:
-                last = f"the last good checkpoint is {ckpt_path}" if os.path.isfile(ckpt_path) else "no checkpoint yet"
-                die(f"loss is {loss_sum.item()} at iter {iter_num}; {last} (lower learning_rate, or --skip_nonfinite)")
+                stop_nonfinite(f"loss is {loss_sum.item()} at iter {iter_num + 1}",
+                               "a lower learning_rate, or pass --skip_nonfinite to skip such steps")
             skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-            scaler.update()
+            optimizer.zero_grad(set_to_none=True)  # drop the batch: no optimizer step, no scaler update
+            if master:
+                print(f"iter {iter_num + 1}: loss {loss_sum.item()}, step skipped ({skipped} so far)", flush=True)
         else:
             if cfg["grad_clip"] > 0:
                 scaler.unscale_(optimizer)
@@ -320,7 +362,9 @@ def main(argv):
         if stop["requested"]:
             if master:
                 checkpoint()
-                print(f"saved {ckpt_path} at iter {iter_num}; continue with: python train.py {' '.join(argv)} --resume")
+                launcher = f"torchrun --standalone --nproc_per_node={world}" if ddp else "python"
+                again = shlex.join(["train.py", *(a for a in argv if not a.startswith("--resume")), "--resume"])
+                print(f"saved {ckpt_path} at iter {iter_num}; continue with: {launcher} {again}", flush=True)
             break
 
     if master and cfg["sample_tokens"] > 0 and not stop["requested"] and not cfg["eval_only"]:
@@ -335,4 +379,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C before training began (from then on on_signal handles it): nothing to save
+        sys.exit(130)

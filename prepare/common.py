@@ -30,8 +30,12 @@ def read_text(input_path, url, out_dir, script):
     if path:
         if not os.path.isfile(path):
             die(f"--input {path}: no such file")
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError as e:
+            die(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x}: {e.reason}); convert it first, "
+                f"e.g. iconv -f latin1 -t utf-8")
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             text = r.read().decode("utf-8")

@@ -121,18 +121,4 @@ def test_schedules():
     assert get_lr(7, {**cfg, "schedule": "constant"}) == 1e-3
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n_layr=3"], "unknown setting 'n_layr'.*did you mean 'n_layer'"),
-    (["--n_layer=three"], "n_layer='three' has type str, expected int"),
-    (["--max_iters=1.5"], "max_iters=1.5 has type float, expected int"),
-    (["no/such/config.py"], "config file no/such/config.py not found"),
-    (["--model=nosuchmodel"], "unknown model 'nosuchmodel'"),
-    (["--n_embd=30", "--n_head=4"], "n_embd .* must be divisible by n_head"),
-    (["--dataset=nothere"], "dataset .nothere. not found .*run: python .*prepare/nothere.py"),
-    (["--device=cuda"] if not torch.cuda.is_available() else ["--device=tpu"], "--device="),
-])
-def test_bad_settings_get_one_clear_line(workdir, args, message):
-    p = run("train.py", *TINY, *args, cwd=workdir, check=False)
-    assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert re.search(message, p.stderr), p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
+# Bad settings (unknown key, wrong type, missing config/model/dataset, ...) are in test_reliability.py's catalogue.
