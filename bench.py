@@ -6,6 +6,7 @@ file works unchanged.
     python bench.py config/shakespeare_char.py                       # all modes, float32 and bf16 autocast
     python bench.py config/llama_125m.py --modes=train --compile=True --batch_size=8
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
+    python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
 
 Model settings come from the config file and --key=value, as for train.py (training-only keys are accepted and
 ignored). Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
@@ -16,7 +17,8 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
+import math
+import subprocess
 import sys
 import threading
 import time
@@ -25,7 +27,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from common import build_model, die, parse_config, peak_flops, pick_device, pick_dtype
+from common import build_model, device_name, die, parse_config, peak_flops, pick_device, pick_dtype
 from train import DEFAULTS as TRAIN_DEFAULTS
 
 DEFAULTS = {
@@ -231,6 +233,91 @@ def ratios(rows, key):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --compare: train several configs with train.py on the same data and budget, then one table and one plot
+
+
+def at_tokens(log, n):
+    """Val loss at n training tokens, interpolated linearly between the evaluations around it."""
+    for a, b in zip(log, log[1:]):
+        if a["tokens"] <= n <= b["tokens"]:
+            w = (n - a["tokens"]) / max(1, b["tokens"] - a["tokens"])
+            return a["val_loss"] + w * (b["val_loss"] - a["val_loss"])
+    return log[-1]["val_loss"]
+
+
+def compare(argv):
+    """argv: config files, then --key=value for every train.py run, plus --out=PREFIX and --target_loss=X."""
+    configs = [a for a in argv if not a.startswith("--")]
+    own = {"--out": "bench/evolution", "--target_loss": None}
+    overrides = []
+    for a in argv:
+        key, _, val = a.partition("=")
+        if key in own:
+            own[key] = val
+        elif a.startswith("--"):
+            overrides.append(a)
+    if not configs:
+        die("--compare needs config files, e.g. python bench.py --compare config/evolution/*.py")
+    runs = []
+    for path in configs:
+        name = os.path.splitext(os.path.basename(path))[0]
+        out_dir = os.path.join("out", "compare", name)
+        log_path = os.path.join(out_dir, "log.jsonl")
+        if os.path.exists(log_path):
+            os.remove(log_path)
+        print(f"== {path}", flush=True)
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), path, *overrides,
+               f"--out_dir={out_dir}", "--sample_tokens=0"]
+        if subprocess.run(cmd).returncode != 0:
+            die(f"training {path} failed (its error is above)")
+        with open(log_path) as f:
+            head, *log = [json.loads(line) for line in f]
+        runs.append(dict(name=name, **head, log=log))
+    target = float(own["--target_loss"]) if own["--target_loss"] else math.ceil(100 * max(
+        r["log"][-1]["val_loss"] for r in runs)) / 100  # the worst final loss, so every model reaches it
+    n_common = min(r["log"][-1]["tokens"] for r in runs)
+    rows = []
+    for r in runs:
+        last = r["log"][-1]
+        hit = next((e for e in r["log"] if e["val_loss"] <= target), None)
+        rows.append([r["name"], r["model"], f"{r['params'] / 1e6:.2f}M", f"{last['tokens'] / last['time']:,.0f}",
+                     f"{max(e['peak_mem_mb'] for e in r['log']):,.0f}", f"{last['time']:.0f}",
+                     f"{last['tokens'] / 1e6:.2f}M", f"{last['val_loss']:.4f}", f"{math.exp(last['val_loss']):.2f}",
+                     f"{at_tokens(r['log'], n_common):.4f}", f"{hit['time']:.0f}" if hit else "-"])
+    header = ["config", "model", "params", "tokens/s", "peak MiB", "train s", "tokens", "val loss", "val ppl",
+              f"val loss @ {n_common / 1e6:.2f}M tokens", f"s to val {target:.2f}"]
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                      ["| " + " | ".join(row) + " |" for row in rows])
+    os.makedirs(os.path.dirname(own["--out"]) or ".", exist_ok=True)
+    with open(own["--out"] + ".md", "w") as f:
+        f.write(f"{table}\n\nCommand: `python bench.py --compare {' '.join(argv)}`; {runs[0]['device']}, "
+                f"torch {torch.__version__}, {datetime.date.today()}.\n")
+    print("\n" + table + f"\n\nwrote {own['--out']}.md")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot: pip install matplotlib")
+        return rows
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in runs:
+        for ax, key in zip(axes, ("time", "tokens")):
+            ax.plot([e[key] for e in r["log"]], [e["val_loss"] for e in r["log"]], marker=".", label=r["name"])
+    for ax, label in zip(axes, ("training seconds (evaluation excluded)", "training tokens")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("val loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"every generation on the same data and budget ({runs[0]['device']})")
+    fig.tight_layout()
+    fig.savefig(own["--out"] + ".png", dpi=120)
+    print(f"wrote {own['--out']}.png")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def main(argv):
@@ -293,9 +380,8 @@ def main(argv):
             print(f"  train {r['dtype']} T={r['T']} batch {cfg['scaling_batch']}: {q:.2f}x tokens/s")
 
     record = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), argv=argv, model=cfg["model"],
-                  model_config=dataclasses.asdict(model.config), device=str(device),
-                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                  or platform.machine(), cpu_threads=torch.get_num_threads(), torch=torch.__version__,
+                  model_config=dataclasses.asdict(model.config), device=str(device), device_name=device_name(device),
+                  cpu_threads=torch.get_num_threads(), torch=torch.__version__,
                   train=train_rows, infer=infer_rows, scaling=scale_rows)
     if cfg["results"]:
         os.makedirs(os.path.dirname(cfg["results"]) or ".", exist_ok=True)
@@ -306,4 +392,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    compare(sys.argv[2:]) if sys.argv[1:2] == ["--compare"] else main(sys.argv[1:])

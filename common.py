@@ -204,6 +204,41 @@ def load_checkpoint(path):
     return ckpt
 
 
+def check_resumable(ckpt, path, model_name, run_cfg):
+    """--resume needs a checkpoint of the same model and config, with its training state."""
+    if ckpt["model_name"] != model_name:
+        die(f"{path} holds a {ckpt['model_name']!r} model, not {model_name!r}; use another --out_dir")
+    diff = [f"{k}={ckpt['model_config'].get(k)!r} (checkpoint) vs {v!r}" for k, v in run_cfg.items()
+            if ckpt["model_config"].get(k) != v]
+    if diff:
+        die(f"--resume with a different model config than {path}: {'; '.join(diff)}; "
+            f"pass the checkpoint's values, or use another --out_dir for a new run")
+    missing = [k for k in ("optimizer", "scaler", "iter_num", "best_val_loss", "rng") if k not in ckpt]
+    if missing:
+        die(f"{path} has weights but no training state ({', '.join(missing)}); "
+            f"start a new run from its weights with --init_from={path}")
+
+
+def load_weights(model, ckpt, path, model_name):
+    try:
+        model.load_state_dict(strip_prefixes(ckpt["model"]))
+    except RuntimeError as e:  # name the settings that differ: e.g. a block_size beyond learned positions
+        run_cfg = dataclasses.asdict(model.config)
+        diff = ", ".join(f"{k}={v!r}" for k, v in ckpt["model_config"].items() if run_cfg.get(k, v) != v)
+        why = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:160].rstrip(".")
+        die(f"the weights in {path} do not fit models/{model_name}.py as configured here: {why}"
+            + (f"; the checkpoint was trained with {diff}" if diff else ""))
+
+
+def ensure_writable_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        open(os.path.join(path, ".write_test"), "w").close()
+        os.remove(os.path.join(path, ".write_test"))
+    except OSError as e:
+        die(f"out_dir {path} is not writable ({e.strerror}); choose another with --out_dir=")
+
+
 def strip_prefixes(state_dict):
     """State dict keys as the bare model names them, whether it was wrapped by DDP or torch.compile."""
     return {k.replace("_orig_mod.", "").replace("module.", "", 1) if k.startswith("module.") else
@@ -256,3 +291,21 @@ def pick_dtype(name, device):
     if name not in ("float32", "bfloat16", "float16"):
         die(f"--dtype={name} is not one of auto, float32, bfloat16, float16")
     return getattr(torch, name)
+
+
+def peak_memory_mb(device):
+    """Peak memory so far: the CUDA allocator's peak, else the process's peak resident set (Linux reports KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name(device):
+    """A readable name for results tables: the GPU's, or the CPU's architecture and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{device.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

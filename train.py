@@ -13,6 +13,7 @@ The trainer knows nothing about any model beyond the shared interface (see READM
 """
 
 import dataclasses
+import json
 import math
 import os
 import shlex
@@ -24,8 +25,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from common import (build_model, die, load_checkpoint, load_meta, parse_config, peak_flops, pick_device, pick_dtype,
-                    save_checkpoint, strip_prefixes, tokenizer)
+from common import (build_model, check_resumable, device_name, die, ensure_writable_dir, load_checkpoint, load_meta,
+                    load_weights, parse_config, peak_flops, peak_memory_mb, pick_device, pick_dtype, save_checkpoint,
+                    strip_prefixes, tokenizer)
 
 DEFAULTS = dict(
     model="gpt2",  # module name under models/
@@ -37,6 +39,7 @@ DEFAULTS = dict(
     batch_size=12,  # sequences per micro-step per process
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
     max_iters=2000,
+    max_seconds=0.0,  # stop after this much training time (evaluation excluded); cosine then decays over it. 0 = off
     learning_rate=1e-3,
     min_lr=1e-4,
     schedule="cosine",  # 'cosine' (warmup, then cosine to min_lr), 'noam' (Vaswani et al. 2017), 'constant'
@@ -51,6 +54,7 @@ DEFAULTS = dict(
     # evaluation, logging, checkpoints
     eval_interval=250,
     eval_iters=20,
+    eval_from=0,  # score only targets from this position on, so models that skip a prefix compare on equal terms
     log_interval=10,
     eval_only=False,
     sample_tokens=200,  # printed at the end of training; 0 disables
@@ -98,7 +102,9 @@ def get_batch(data, ix, block_size, device):
 # Learning rate
 
 
-def get_lr(it, cfg):
+def get_lr(it, cfg, time_frac=None):
+    """Learning rate at iteration it; with a time budget (time_frac = share of max_seconds used) cosine decays
+    over the budget instead of lr_decay_iters, so every model gets a whole schedule in the same wall-clock time."""
     if cfg["schedule"] == "constant":
         return cfg["learning_rate"]
     if cfg["schedule"] == "noam":  # Vaswani et al. 2017, eq. 3; learning_rate carries the d_model^-0.5 factor
@@ -106,9 +112,10 @@ def get_lr(it, cfg):
         return cfg["learning_rate"] * min(step ** -0.5, step * cfg["warmup_iters"] ** -1.5)
     if it < cfg["warmup_iters"]:  # cosine: linear warmup, cosine decay to min_lr, then flat
         return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-    if it > cfg["lr_decay_iters"]:
-        return cfg["min_lr"]
     ratio = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
+    ratio = ratio if time_frac is None else time_frac
+    if ratio > 1:
+        return cfg["min_lr"]
     return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
@@ -145,12 +152,7 @@ def main(argv):
     autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
     use_compile = device.type == "cuda" if cfg["compile"] == "auto" else bool(cfg["compile"])
     if master:
-        try:
-            os.makedirs(cfg["out_dir"], exist_ok=True)
-            open(os.path.join(cfg["out_dir"], ".write_test"), "w").close()
-            os.remove(os.path.join(cfg["out_dir"], ".write_test"))
-        except OSError as e:
-            die(f"out_dir {cfg['out_dir']} is not writable ({e.strerror}); choose another with --out_dir=")
+        ensure_writable_dir(cfg["out_dir"])
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # Data (rank 0 prepares it if missing; the others wait for it)
@@ -174,27 +176,11 @@ def main(argv):
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
     if ckpt is not None:
-        if ckpt["model_name"] != model_name:
-            die(f"{ckpt_path} holds a {ckpt['model_name']!r} model, not {model_name!r}; use another --out_dir")
-        diff = [f"{k}={ckpt['model_config'].get(k)!r} (checkpoint) vs {v!r}" for k, v in run_cfg.items()
-                if ckpt["model_config"].get(k) != v]
-        if diff:
-            die(f"--resume with a different model config than {ckpt_path}: {'; '.join(diff)}; "
-                f"pass the checkpoint's values, or use another --out_dir for a new run")
-        missing = [k for k in ("optimizer", "scaler", "iter_num", "best_val_loss", "rng") if k not in ckpt]
-        if missing:
-            die(f"{ckpt_path} has weights but no training state ({', '.join(missing)}); "
-                f"start a new run from its weights with --init_from={ckpt_path}")
+        check_resumable(ckpt, ckpt_path, model_name, run_cfg)
     source_path = ckpt_path if ckpt is not None else cfg["init_from"]
     source = ckpt if ckpt is not None else load_checkpoint(source_path) if source_path else None
     if source is not None:
-        try:
-            model.load_state_dict(strip_prefixes(source["model"]))
-        except RuntimeError as e:  # name the settings that differ: e.g. a block_size beyond learned positions
-            diff = ", ".join(f"{k}={v!r}" for k, v in source["model_config"].items() if run_cfg.get(k, v) != v)
-            why = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))[:160].rstrip(".")
-            die(f"the weights in {source_path} do not fit models/{model_name}.py as configured here: {why}"
-                + (f"; the checkpoint was trained with {diff}" if diff else ""))
+        load_weights(model, source, source_path, model_name)
     model.to(device)
     # Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks `_no_weight_decay`).
     decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
@@ -207,6 +193,7 @@ def main(argv):
     scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
     iter_num, best_val, skipped, saved_iter = 0, float("inf"), 0, None  # saved_iter: the last checkpoint written
+    train_time = 0.0  # seconds spent in training steps, evaluation excluded
     if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -215,6 +202,7 @@ def main(argv):
                 f"start a new run from its weights with --init_from={ckpt_path}")
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val, skipped = ckpt["iter_num"], ckpt["best_val_loss"], ckpt.get("skipped", 0)
+        train_time = ckpt.get("train_time", 0.0)
         saved_iter = iter_num
         data_gen.set_state(ckpt["rng"]["data"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -248,6 +236,7 @@ def main(argv):
             for k in range(cfg["eval_iters"]):
                 x, y = get_batch(data, torch.randint(len(data) - block_size - 1, (cfg["batch_size"],), generator=gen),
                                  block_size, device)
+                y[:, : cfg["eval_from"]] = -1
                 with autocast:
                     losses[k] = raw_model(x, y)[1].item()
             out[split] = losses.mean().item()
@@ -269,7 +258,7 @@ def main(argv):
             "model": strip_prefixes(raw_model.state_dict()), "model_name": model_name,
             "model_config": dataclasses.asdict(raw_model.config), "config": cfg, "meta": meta,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
-            "best_val_loss": best_val, "skipped": skipped,
+            "best_val_loss": best_val, "skipped": skipped, "train_time": train_time,
             "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }, ckpt_path)
@@ -291,17 +280,29 @@ def main(argv):
 
     tokens_per_iter = accum * world * cfg["batch_size"] * block_size
     flops_per_iter, peak = raw_model.flops_per_token() * tokens_per_iter, peak_flops(device)
+    # log.jsonl: one line per evaluation (loss against iterations, tokens and training time), read by bench.py
+    log_path = os.path.join(cfg["out_dir"], "log.jsonl")
+    if master and not cfg["resume"]:
+        with open(log_path, "w") as f:
+            f.write(json.dumps({"model": model_name, "params": sum(p.numel() for p in raw_model.parameters()),
+                                "tokens_per_iter": tokens_per_iter, "device": device_name(device)}) + "\n")
     model.train()
     t0, n_timed, first = time.time(), 0, True
     while True:
-        lr = get_lr(iter_num, cfg)
+        budget = cfg["max_seconds"]
+        lr = get_lr(iter_num, cfg, train_time / budget if budget > 0 else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
+        done = iter_num >= cfg["max_iters"] or budget > 0 and train_time >= budget
+        if iter_num % cfg["eval_interval"] == 0 or done:
             losses = evaluate()
             if master:
                 best_val = min(best_val, losses["val"])
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+                with open(log_path, "a") as f:
+                    f.write(json.dumps({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "time": train_time,
+                                        "train_loss": losses["train"], "val_loss": losses["val"],
+                                        "peak_mem_mb": peak_memory_mb(device)}) + "\n")
                 if cfg["wandb_log"]:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
                                **{f"val/{k}": v for k, v in model_stats().items()}})
@@ -309,8 +310,9 @@ def main(argv):
                     checkpoint()
             t0, n_timed = time.time(), 0  # keep evaluation out of the training speed
         first = False
-        if iter_num >= cfg["max_iters"] or cfg["eval_only"]:
+        if done or cfg["eval_only"]:
             break
+        t_step = time.time()
 
         # One optimizer step over the global batch: every process draws the same indices and takes its share.
         ix = torch.randint(len(train_data) - block_size - 1, (world, accum, cfg["batch_size"]), generator=data_gen)[rank]
@@ -340,7 +342,7 @@ def main(argv):
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-        iter_num, n_timed = iter_num + 1, n_timed + 1
+        iter_num, n_timed, train_time = iter_num + 1, n_timed + 1, train_time + time.time() - t_step
 
         if iter_num % cfg["log_interval"] == 0 and master:
             lossf = loss_sum.item()  # waits for the device, so the time below is real
