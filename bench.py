@@ -133,6 +133,16 @@ def train_step_fn(model, x, y, autocast, device, use_compile):
     return step
 
 
+def flops_at(model, T):
+    """model.flops_per_token() for sequences of length T: the formulas read config.block_size, and the model here
+    may have been built longer than the T being timed (so that every benchmarked length has positions)."""
+    saved, model.config.block_size = model.config.block_size, T
+    try:
+        return model.flops_per_token()
+    finally:
+        model.config.block_size = saved
+
+
 def bench_train(model, device, dtype, autocast, B, T, steps, warmup, use_compile):
     x = torch.randint(model.config.vocab_size, (B, T), device=device)
     y = torch.randint(model.config.vocab_size, (B, T), device=device)
@@ -143,7 +153,7 @@ def bench_train(model, device, dtype, autocast, B, T, steps, warmup, use_compile
     dt, mem = measure(step, device, repeats=steps)
     tok_s = B * T / dt
     peak, peak_src = device_peak(device, dtype)
-    mfu = model.flops_per_token() * tok_s / peak if peak else None
+    mfu = flops_at(model, T) * tok_s / peak if peak else None
     return dict(B=B, T=T, ms=1000 * dt, tok_s=tok_s, mem_mb=mem / 2**20 if mem is not None else None, mfu=mfu,
                 peak=peak_src)
 
@@ -342,8 +352,8 @@ def main(argv):
     model = build_model(module, {**model_kwargs, "block_size": longest}).to(device)
     impls = [("ours", model)] + ([("hf", HFTwin(model, device))] if cfg["vs_hf"] else [])
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"models/{cfg['model']}.py: {n_params / 1e6:.2f}M parameters, {model.flops_per_token() / 1e6:.1f} MFLOP/token "
-          f"(training, at block_size {longest}), {device} torch {torch.__version__}")
+    print(f"models/{cfg['model']}.py: {n_params / 1e6:.2f}M parameters, {flops_at(model, T) / 1e6:.1f} MFLOP/token "
+          f"(training, T={T}), {device} torch {torch.__version__}")
 
     train_rows, infer_rows, scale_rows = [], [], []
     for dname in dtypes:

@@ -45,6 +45,5 @@ eval_interval = 1000
 eval_iters = 200
 log_interval = 10
 
-device = 'cuda'
 dtype = 'bfloat16'
 compile = True

@@ -339,7 +339,8 @@ class Model(nn.Module):
           [6 (P_enc S + (P_dec + V d) D) + 12 d (N_enc S^2 + N_dec (D^2 + D S))] / T
         P_enc, P_dec: parameters of the encoder / decoder layers; V d: the output projection."""
         cfg = self.config
-        T, S, D, d = cfg.block_size, cfg.src_len, self.max_decoder_len, cfg.d_model
+        T, S, d = cfg.block_size, cfg.src_len, cfg.d_model
+        D = T - S + 1
         p_enc = sum(p.numel() for p in self.encoder.parameters())
         p_dec = sum(p.numel() for p in self.decoder.parameters())
         dense = 6 * (p_enc * S + (p_dec + cfg.vocab_size * d) * D)
