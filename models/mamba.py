@@ -166,8 +166,8 @@ class Mixer(nn.Module):
         return F.conv1d(x, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner), x[:, :, -(self.d_conv - 1):]
 
     def forward(self, u, start_pos=None):
-        """u (b, l, d). start_pos None: training, a whole sequence from a zero state. Otherwise generation: continue
-        from (conv_state, ssm_state) and leave the updated states behind (start_pos itself is not needed)."""
+        """u (b, l, d). start_pos None: training, a whole sequence from a zero state. Otherwise generation: the
+        (conv_state, ssm_state) left by the previous call are continued and updated (start_pos itself is not needed)."""
         b, l, _ = u.shape
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, E) each
         decoding = start_pos is not None
