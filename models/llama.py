@@ -123,8 +123,9 @@ class Attention(nn.Module):
         else:
             k, v, mask = self.cache_roll(k, v, start_pos)
         # GQA: query head j reads kv head j // n_rep. The cache keeps n_kv_head heads; the copy is a temporary.
-        k = k.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
-        v = v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
+        if self.n_rep > 1:  # (plain multi-head attention needs no copy)
+            k = k.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side
         return self.resid_dropout(self.wo(y))
