@@ -577,19 +577,38 @@ def upcycle_from_dense(dense_state_dict, config, router_std=0.002, seed=0):
     return sd
 
 
+USAGE = ("usage: python -m models.moe --upcycle IN_CKPT OUT_CKPT [--n_expert N] [--top_k K] [--moe_every M] "
+         "[--router mixtral|switch]: sparse upcycling of a models/llama.py checkpoint into a models/moe.py one "
+         "(each expert a copy of the dense FFN)")
+
+
+def parse_args(argv):
+    """--upcycle IN OUT plus optional --key value / --key=value for the MoE's own fields. (A few lines by hand keep
+    this file to torch and the standard library's basics.)"""
+    opts = {"upcycle": None, "n_expert": Config.n_expert, "top_k": Config.top_k, "moe_every": Config.moe_every,
+            "router": Config.router}
+    args = list(argv)
+    try:
+        while args:
+            key, eq, val = args.pop(0).removeprefix("--").partition("=")
+            if key == "upcycle":
+                opts[key] = (args.pop(0), args.pop(0))
+            elif key in opts:
+                val = val if eq else args.pop(0)
+                opts[key] = val if key == "router" else int(val)
+            else:
+                raise ValueError(key)
+    except (IndexError, ValueError):
+        sys.exit(f"error: cannot read the arguments {' '.join(argv)!r}; {USAGE}")
+    if opts["upcycle"] is None or opts["router"] not in ("mixtral", "switch"):
+        sys.exit(f"error: {USAGE}")
+    return opts
+
+
 def main(argv):
     """python -m models.moe --upcycle IN_CKPT OUT_CKPT [--n_expert 8 --top_k 2 --moe_every 1 --router mixtral]"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m models.moe", description="Sparse upcycling of a models/llama.py "
-                                "checkpoint into a models/moe.py checkpoint (each expert a copy of the dense FFN).")
-    p.add_argument("--upcycle", nargs=2, metavar=("IN_CKPT", "OUT_CKPT"), required=True)
-    p.add_argument("--n_expert", type=int, default=Config.n_expert)
-    p.add_argument("--top_k", type=int, default=Config.top_k)
-    p.add_argument("--moe_every", type=int, default=Config.moe_every)
-    p.add_argument("--router", default=Config.router, choices=("mixtral", "switch"))
-    args = p.parse_args(argv)
-    src, dst = args.upcycle
+    opts = parse_args(argv)
+    src, dst = opts["upcycle"]
     if os.path.isdir(src):
         src = os.path.join(src, "ckpt.pt")
     try:
@@ -603,8 +622,7 @@ def main(argv):
     ours = {f.name for f in fields(Config)}
     shared = {k: v for k, v in ckpt["model_config"].items() if k in ours}
     try:
-        config = Config(**{**shared, "n_expert": args.n_expert, "top_k": args.top_k, "moe_every": args.moe_every,
-                           "router": args.router})
+        config = Config(**{**shared, **{k: v for k, v in opts.items() if k != "upcycle"}})
         sd = upcycle_from_dense(ckpt["model"], config)
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -339,6 +339,9 @@ def test_upcycle_cli_writes_a_trainable_checkpoint(tmp_path):
         assert (moe(idx)[0] - dense(idx)[0]).abs().max().item() < 1e-5
     with pytest.raises(SystemExit):  # not a llama checkpoint
         main(["--upcycle", str(dst), str(tmp_path / "again.pt")])
+    for bad in (["--upcycle", str(src)], ["--upcycle", str(src), str(dst), "--top_k", "two"], [str(src)]):
+        with pytest.raises(SystemExit, match="usage: python -m models.moe --upcycle"):
+            main(bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------
