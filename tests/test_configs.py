@@ -1,0 +1,29 @@
+"""Every shipped config file is accepted by train.py's settings parser and builds its model (on the meta device, so
+the 125M-scale configs cost no memory): a renamed Config field or a bad head count in a config fails here."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from common import parse_config
+from conftest import ROOT
+from train import DEFAULTS
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "**", "*.py"), recursive=True))
+
+
+def test_configs_are_found():
+    assert len(CONFIGS) >= 15 and any(p.endswith("llama_shakespeare_char_fast.py") for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "config")))
+def test_config_parses_and_builds(path):
+    cfg, module, model_kwargs = parse_config([path], DEFAULTS, "train.py")
+    assert cfg["batch_size"] >= 1 and cfg["learning_rate"] > 0
+    model_kwargs.setdefault("vocab_size", 50304 if cfg["dataset"] != "shakespeare_char" else 65)
+    with torch.device("meta"):
+        model = module.Model(module.Config(**model_kwargs))
+    n = sum(p.numel() for p in model.parameters())
+    assert n > 0 and model.flops_per_token() > 0
