@@ -6,7 +6,8 @@ python prepare/fineweb_edu.py [--subset sample-10BT] [--out_dir data/fineweb_edu
 sample-10BT is ~9.7M documents and ~10B GPT-2 tokens (train.bin ~20 GB, plus ~60 GB of download and cache, or
 --streaming to skip the cache); other subsets: sample-100BT, sample-350BT, default (everything), or one crawl
 such as CC-MAIN-2024-10. It has no validation split: a seeded 0.05% of the documents becomes val.bin.
-Offline, run prepare/text.py on a local copy of its parquet files.
+Should the Hub's copy be a loading script (datasets 4+ refuse them), the subset's folder of the Hub's parquet
+conversion is loaded instead, with a notice. Offline, run prepare/text.py on a local copy of its parquet files.
 """
 
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None):
     gpt2()
     folder = args.subset.replace("-", "/", 1) if args.subset.startswith("sample-") else f"data/{args.subset}"
     local = f"--data_files 'fineweb-edu/{folder}/*.parquet' --val_fraction {args.val_fraction}"
-    train, val = load_hub(REPO, args.subset, args, local)
+    train, val = load_hub(REPO, args.subset, args, local)  # a config's parquet conversion is the folder of its name
     return prepare(train, val, args, f"hf: {REPO} {args.subset}", t_start)
 
 

@@ -4,6 +4,8 @@ python prepare/openwebtext.py [--out_dir data/openwebtext] [--val_fraction 0.000
 
 About 8M documents and 9B tokens (train.bin ~17 GB); downloading and caching the corpus needs ~55 GB more disk.
 It has no validation split: a seeded 0.05% of the documents (~4k) becomes val.bin, as nanoGPT does.
+The Hub's copy was a loading script, which datasets 4+ refuse: while it is, the Hub's parquet conversion of it is
+loaded instead, with a notice.
 Offline, run prepare/text.py on a local copy of its files.
 """
 
@@ -17,6 +19,7 @@ from prepare.text import add_args, check_args, gpt2, load_hub, prepare  # noqa: 
 
 REPO = "Skylion007/openwebtext"
 LOCAL = "--data_files 'openwebtext/**/*.parquet' --val_fraction 0.0005"
+PARQUET_DIR = "plain_text"  # the script's one config, whose name is the folder in the Hub's parquet conversion
 
 
 def main(argv=None):
@@ -26,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     check_args(args)
     gpt2()
-    train, val = load_hub(REPO, None, args, LOCAL)
+    train, val = load_hub(REPO, None, args, LOCAL, parquet_dir=PARQUET_DIR)
     return prepare(train, val, args, f"hf: {REPO}", t_start)
 
 

@@ -3,8 +3,9 @@
 python prepare/text.py --data_files 'corpus/*.jsonl' [--text_column text] [--out_dir data/text]
     [--val_fraction 0.01 | --val_files 'corpus/val/*.jsonl'] [--num_proc N] [--streaming] [--seed 2357]
 
-The hub scripts (openwebtext.py, fineweb_edu.py, tinystories.py) only load their documents differently; from then
-on they run this file's code:
+The hub scripts (openwebtext.py, fineweb_edu.py, tinystories.py) only load their documents differently (a dataset
+still published as a loading script, which datasets 4+ refuses, comes from the Hub's parquet conversion of it instead,
+with a notice); from then on they run this file's code:
   1. the documents are one `datasets` Dataset with a single "text" column, one row per document;
   2. validation is split off by whole documents (a seeded shuffle, or the dataset's own validation split), so no
      document is cut in two across train and val;
@@ -29,6 +30,7 @@ from itertools import chain
 import numpy as np
 import pyarrow.compute as pc
 from datasets import Features, List, Value, concatenate_datasets, load_dataset
+from datasets import __version__ as DATASETS_VERSION
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +39,7 @@ from prepare.common import atomic_path, check_uint16, die, write_meta  # noqa: E
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> datasets builder
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")  # datasets opens these transparently
 BATCH_DOCS = 1000  # documents per tokenizer batch and per write step: bounds memory, not the corpus size
+PARQUET = "refs/convert/parquet"  # the branch where the Hub keeps its own parquet conversion of a dataset
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -130,20 +133,65 @@ def hub_reachable(endpoint, repo):
         return False
 
 
-def load_hub(repo, name, args, local_hint):
+def refuses_script(e):
+    """Whether load_dataset failed because the dataset is a loading script, which datasets 4 and later no longer run:
+    they raise a plain RuntimeError("Dataset scripts are no longer supported, but found <name>.py"). There is no
+    dedicated class, so: that type and the stable part of the message, on the error or one raised from it."""
+    while e is not None:
+        if isinstance(e, RuntimeError) and "scripts are no longer supported" in str(e).lower():
+            return True
+        e = e.__cause__
+    return False
+
+
+def parquet_partial(repo, folder):
+    """Whether the Hub converted only the first part of a big dataset (folders named partial-<split>); None when
+    the listing fails, since this only refines a notice."""
+    from huggingface_hub import HfApi
+    try:
+        tree = HfApi().list_repo_tree(repo, path_in_repo=folder, revision=PARQUET, repo_type="dataset")
+        return any(os.path.basename(entry.path).startswith("partial-") for entry in tree)
+    except Exception:
+        return None
+
+
+def cannot_load(repo, e, hint, what="could not load it"):
+    """End the run with one line: what failed, the first line of the error (tracebacks of datasets run long)."""
+    why = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
+    if isinstance(e, ConnectionError):
+        what = "the Hugging Face Hub is unreachable"
+    die(f"{repo}: {what} ({why}); {hint}")
+
+
+def load_hub(repo, name, args, local_hint, parquet_dir=None):
     """(train, val) of a Hugging Face Hub dataset, each with one "text" column; val is None when the dataset has no
-    validation split. Anything that stops the download ends the run with one line pointing at prepare/text.py."""
+    validation split. Anything that stops the download ends the run with one line pointing at prepare/text.py.
+
+    A dataset that is still a loading script (refused by datasets 4 and later) is loaded instead from the Hub's
+    parquet conversion of it, the branch refs/convert/parquet, with one line saying so. That branch holds only
+    <config>/<split>/NNNN.parquet files, no README, so datasets sees a single config, "default", spanning every
+    config's folder: data_dir = parquet_dir (default: name, else "default") keeps the one wanted."""
     from huggingface_hub import constants
     hint = f"with a local copy of its files run `python prepare/text.py {local_hint} --out_dir {args.out_dir}`"
     if not constants.HF_HUB_OFFLINE and not hub_reachable(constants.ENDPOINT, repo):
         die(f"the Hugging Face Hub ({constants.ENDPOINT}) is unreachable, so {repo} cannot be downloaded; {hint}")
+    kwargs = {"streaming": args.streaming, "cache_dir": args.cache_dir,
+              **({} if args.streaming or args.num_proc < 2 else {"num_proc": args.num_proc})}
     try:
-        splits = load_dataset(repo, name, streaming=args.streaming, cache_dir=args.cache_dir,
-                              **({} if args.streaming or args.num_proc < 2 else {"num_proc": args.num_proc}))
+        splits = load_dataset(repo, name, **kwargs)
     except Exception as e:  # offline mode without a cached copy, a dropped connection, a renamed dataset...
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
-        what = "the Hugging Face Hub is unreachable" if isinstance(e, ConnectionError) else "could not load it"
-        die(f"{repo}: {what} ({why}); {hint}")
+        if not refuses_script(e):
+            cannot_load(repo, e, hint)
+        folder = parquet_dir or name or "default"
+        partial = parquet_partial(repo, folder)  # the Hub converts only the start of a big dataset: say so
+        print(f"{repo} is a loading script, which datasets {DATASETS_VERSION} no longer runs: loading the Hub's "
+              f"parquet conversion of it instead ({PARQUET}, {folder}/)"
+              + ("; it is partial: the Hub converted only the first part of this big dataset" if partial else ""))
+        try:
+            splits = load_dataset(repo, "default", revision=PARQUET, data_dir=folder, **kwargs)
+        except Exception as err:  # no conversion on the Hub, or none for this config...
+            cannot_load(repo, err, hint, f"it is a loading script and its parquet conversion ({PARQUET}, {folder}/) "
+                                       f"could not be loaded either")
     train = text_only(splits["train"], "text", repo)
     val = text_only(splits["validation"], "text", repo) if "validation" in splits else None
     return train, val

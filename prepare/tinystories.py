@@ -2,7 +2,9 @@
 
 python prepare/tinystories.py [--out_dir data/tinystories] [--num_proc N] [--streaming]
 
-Uses the dataset's own validation split. Offline, run prepare/text.py on a local copy of its parquet files.
+Uses the dataset's own validation split. Should the Hub's copy be a loading script (datasets 4+ refuse them), its
+parquet conversion (config "default") is loaded instead, with a notice. Offline, run prepare/text.py on a local copy
+of its parquet files.
 """
 
 import argparse

@@ -3,6 +3,8 @@
 Needs tiktoken's gpt2 files: CI sets TIKTOKEN_CACHE_DIR. Everything runs offline on a few kB of generated text.
 """
 
+import argparse
+import importlib
 import json
 import math
 import os
@@ -13,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datasets import Dataset, DatasetDict, load_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -173,3 +176,147 @@ def test_hub_script_offline_one_line(script, env, tmp_path):
     assert lines[0].startswith("error:") and "unreachable" in lines[0]
     assert "python prepare/text.py --data_files" in lines[0]
     assert not (out / "train.bin").exists()
+
+
+# ----------------------------------------------------------------------------- hub datasets that are loading scripts
+
+@pytest.fixture
+def script_refusal(tmp_path):
+    """The error the installed datasets raises for a loading script, produced offline from a local one, so these
+    tests follow datasets if it rewords it."""
+    d = tmp_path / "openwebtext"
+    d.mkdir()
+    (d / "openwebtext.py").write_text("# a loading script\n")
+    with pytest.raises(Exception) as e:
+        load_dataset(str(d), cache_dir=str(tmp_path / "hf"))
+    return e.value
+
+
+def fake_load_dataset(first_error=None):
+    """A stand-in for load_dataset that records its calls: the first raises first_error if given; otherwise, and
+    from then on, it returns a small corpus with a validation split."""
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append((args, kwargs))
+        if first_error is not None and len(calls) == 1:
+            raise first_error
+        return DatasetDict(train=Dataset.from_dict({"text": make_docs(20, seed=1)}),
+                           validation=Dataset.from_dict({"text": make_docs(4, seed=2)}))
+    return load, calls
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """The Hub looks reachable, and the listing of a parquet conversion says it is complete; load_dataset is faked
+    by each test."""
+    monkeypatch.setattr(text, "hub_reachable", lambda endpoint, repo: True)
+    monkeypatch.setattr(text, "parquet_partial", lambda repo, folder: False)
+
+
+def hub_args(tmp_path):
+    return argparse.Namespace(streaming=False, num_proc=2, cache_dir=str(tmp_path / "hf"),
+                              out_dir=str(tmp_path / "out"))
+
+
+def test_refuses_script_by_type_and_message(script_refusal):
+    assert text.refuses_script(script_refusal)
+    try:  # an error raised from the refusal still is one
+        raise ValueError("could not build the dataset") from script_refusal
+    except ValueError as wrapped:
+        assert text.refuses_script(wrapped)
+    assert not text.refuses_script(ConnectionError(str(script_refusal)))  # the type matters, not just the words
+    assert not text.refuses_script(RuntimeError("Couldn't reach the Hub"))
+
+
+@pytest.mark.parametrize("script,argv,name,folder", [
+    ("openwebtext", [], None, "plain_text"),  # the script's config is plain_text: that is its parquet folder
+    ("fineweb_edu", ["--subset", "sample-10BT"], "sample-10BT", "sample-10BT"),
+    ("tinystories", [], None, "default"),
+])
+def test_hub_script_falls_back_to_parquet(script, argv, name, folder, script_refusal, fake_hub, tmp_path,
+                                          monkeypatch, capsys):
+    module = importlib.import_module(f"prepare.{script}")
+    load, calls = fake_load_dataset(first_error=script_refusal)
+    monkeypatch.setattr(text, "load_dataset", load)
+    cache = str(tmp_path / "hf")
+    meta = module.main(argv + ["--out_dir", str(tmp_path / "out"), "--num_proc", "1", "--cache_dir", cache])
+    common = {"streaming": False, "cache_dir": cache}
+    assert calls == [
+        ((module.REPO, name), common),  # the default revision first: the script may have been replaced by then
+        ((module.REPO, "default"), {"revision": "refs/convert/parquet", "data_dir": folder, **common}),
+    ]
+    notice = [line for line in capsys.readouterr().out.splitlines() if "refs/convert/parquet" in line]
+    assert len(notice) == 1 and "loading script" in notice[0] and f"{folder}/" in notice[0]
+    assert "partial" not in notice[0]
+    assert meta["train_tokens"] > 0 and meta["val_tokens"] > 0  # the converted documents went the usual way
+
+
+def test_load_hub_fallback_notice_one_line(script_refusal, fake_hub, tmp_path, monkeypatch, capsys):
+    load, calls = fake_load_dataset(first_error=script_refusal)
+    monkeypatch.setattr(text, "load_dataset", load)
+    monkeypatch.setattr(text, "parquet_partial", lambda repo, folder: True)
+    train, val = text.load_hub("user/corpus", None, hub_args(tmp_path), "--data_files 'corpus/*'")
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "refs/convert/parquet" in out[0] and "partial" in out[0]
+    assert [kwargs.get("num_proc") for _, kwargs in calls] == [2, 2]  # both loads get the same options
+    assert train.column_names == ["text"] and val is not None
+
+
+def test_parquet_partial_reads_the_folder_names(monkeypatch):
+    import huggingface_hub
+    seen = []
+
+    def tree(folders):
+        def list_repo_tree(self, repo_id, path_in_repo=None, revision=None, repo_type=None, **kwargs):
+            seen.append((repo_id, path_in_repo, revision, repo_type))
+            if folders is None:
+                raise ConnectionError("offline")
+            return [argparse.Namespace(path=f"{path_in_repo}/{f}") for f in folders]
+        return list_repo_tree
+
+    for folders, partial in [(["partial-train"], True), (["train", "validation"], False), (None, None)]:
+        monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", tree(folders))
+        assert text.parquet_partial("user/corpus", "plain_text") is partial
+    assert set(seen) == {("user/corpus", "plain_text", "refs/convert/parquet", "dataset")}
+
+
+def test_load_hub_no_fallback_when_default_revision_loads(fake_hub, tmp_path, monkeypatch, capsys):
+    load, calls = fake_load_dataset()
+    monkeypatch.setattr(text, "load_dataset", load)
+    train, val = text.load_hub("user/corpus", "cfg", hub_args(tmp_path), "--data_files 'corpus/*'")
+    assert calls == [(("user/corpus", "cfg"), {"streaming": False, "cache_dir": str(tmp_path / "hf"), "num_proc": 2})]
+    assert capsys.readouterr().out == ""
+    assert len(train) == 20 and len(val) == 4
+
+
+@pytest.mark.parametrize("error,says", [
+    (ConnectionError("Couldn't reach 'user/corpus' on the Hub (ConnectionError)"), "unreachable"),
+    (RuntimeError("simulated crash in the download"), "could not load it"),
+    (ValueError("BuilderConfig 'cfg' not found. Available: ['default']"), "could not load it"),
+])
+def test_load_hub_other_errors_are_not_script_refusals(error, says, fake_hub, tmp_path, monkeypatch, capsys):
+    load, calls = fake_load_dataset(first_error=error)
+    monkeypatch.setattr(text, "load_dataset", load)
+    with pytest.raises(SystemExit) as e:
+        text.load_hub("user/corpus", None, hub_args(tmp_path), "--data_files 'corpus/*'")
+    assert e.value.code == 1 and len(calls) == 1  # no second try at the parquet conversion
+    captured = capsys.readouterr()
+    assert "refs/convert/parquet" not in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: user/corpus:") and says in err[0] and str(error) in err[0]
+
+
+def test_load_hub_fallback_failure_one_line(script_refusal, fake_hub, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def load(*args, **kwargs):  # the script is refused, and the Hub has no parquet conversion either
+        calls.append(kwargs.get("revision"))
+        raise script_refusal if len(calls) == 1 else FileNotFoundError("Revision 'refs/convert/parquet' not found")
+    monkeypatch.setattr(text, "load_dataset", load)
+    with pytest.raises(SystemExit) as e:
+        text.load_hub("user/corpus", None, hub_args(tmp_path), "--data_files 'corpus/*'")
+    assert e.value.code == 1 and calls == [None, "refs/convert/parquet"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: user/corpus: it is a loading script")
+    assert "not found" in err[0] and "python prepare/text.py --data_files" in err[0]
