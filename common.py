@@ -107,12 +107,18 @@ def parse_config(argv, defaults, script):
 # Data
 
 
+# Datasets small enough to prepare on the fly when train.py finds them missing (a 1 MB download, seconds). The
+# others take minutes to hours of download: under torchrun the other processes would time out waiting for it, and
+# nobody expects a training command to start a 50 GB download, so train.py names their prepare command instead.
+AUTO_PREPARE = ("shakespeare_char", "shakespeare")
+
+
 def load_meta(data_dir, dataset, auto_prepare=True):
-    """Read data/<dataset>/meta.json, running prepare/<dataset>.py first if the data is missing."""
+    """Read data/<dataset>/meta.json, running prepare/<dataset>.py first if the data is missing and small."""
     meta_path = os.path.join(data_dir, "meta.json")
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prepare", f"{dataset}.py")
     script = os.path.relpath(script) if not os.path.relpath(script).startswith("..") else script
-    if not os.path.isfile(meta_path) and auto_prepare and os.path.isfile(script):
+    if not os.path.isfile(meta_path) and auto_prepare and dataset in AUTO_PREPARE and os.path.isfile(script):
         print(f"data/{dataset} is missing: running {script}")
         if subprocess.run([sys.executable, script]).returncode != 0:
             sys.exit(1)  # the prepare script has printed its one-line reason
@@ -120,7 +126,8 @@ def load_meta(data_dir, dataset, auto_prepare=True):
         missing = f"{meta_path} is missing" if os.path.isdir(data_dir) else \
             f"dataset {dataset!r} not found ({meta_path} is missing)"
         if os.path.isfile(script):
-            die(f"{missing}; run: python {script}")
+            die(f"{missing}; prepare it first (it is too large to prepare on the fly): python {script}"
+                if dataset not in AUTO_PREPARE else f"{missing}; run: python {script}")
         have = sorted(f[:-3] for f in os.listdir(os.path.dirname(script)) if f.endswith(".py")
                       and f not in ("__init__.py", "common.py"))
         die(f"{missing} and there is no {script} to make it; "
@@ -260,16 +267,27 @@ def build_model(module, model_kwargs):
 # Hardware
 
 
-# Peak dense bf16 tensor-core FLOP/s from the vendors' datasheets (without sparsity), for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-              "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12}
+# Peak dense bf16 tensor-core FLOP/s from the vendors' datasheets (without sparsity), for MFU. Matched against the
+# device name as whole words, in this order, so that the more specific names come first: "H100 NVL" is not the SXM
+# part, "L40S" and "L40" are not the "L4", "A100" is not "A10G". (V100 has no bf16: its figure is fp16.)
+PEAK_FLOPS = [("B200", 2250e12), ("H200 NVL", 836e12), ("H200", 989e12), ("H100 NVL", 835e12),
+              ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12), ("L40S", 362e12),
+              ("L40", 181e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12),
+              ("RTX 3090", 71e12), ("V100", 125e12), ("MI300X", 1307e12), ("MI250X", 383e12)]
+
+
+def peak_flops_of(name):
+    """Datasheet peak for a device name such as 'NVIDIA H100 80GB HBM3', or None when it is not in the table."""
+    words = name.replace("-", " ").split()
+    for key, flops in PEAK_FLOPS:
+        k = key.split()
+        if any(words[i:i + len(k)] == k for i in range(len(words))):
+            return flops
+    return None
 
 
 def peak_flops(device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 def pick_device(name):

@@ -32,6 +32,17 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto")
     p.error = lambda msg: die(f"{msg}; see python sample.py --help")  # one line, not argparse's usage block
     args = p.parse_args(argv)
+    # Checked here, before a checkpoint is loaded, so a typo costs nothing (generate() would raise a ValueError).
+    if args.max_new_tokens < 0:
+        die(f"--max_new_tokens={args.max_new_tokens} must be 0 or more")
+    if args.num_samples < 1:
+        die(f"--num_samples={args.num_samples} must be at least 1")
+    if args.temperature < 0:
+        die(f"--temperature={args.temperature} must be 0 (greedy) or more")
+    if args.top_k is not None and args.top_k < 1:
+        die(f"--top_k={args.top_k} must be at least 1 (1 is greedy; the vocabulary size or more keeps every token)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        die(f"--top_p={args.top_p} must be in (0, 1] (1 keeps every token)")
 
     device = pick_device(args.device)
     ptdtype = pick_dtype(args.dtype, device)

@@ -80,7 +80,7 @@ def open_bin(data_dir, split, block_size, vocab_size):
     n_bytes = os.path.getsize(path)
     if n_bytes % 2:
         die(f"{path} has an odd number of bytes, so it is not a uint16 token file; rerun the dataset's prepare script")
-    if n_bytes // 2 <= block_size + 1:
+    if n_bytes // 2 < block_size + 1:  # one window needs block_size inputs and the target after them
         die(f"{path} has {n_bytes // 2} tokens, too few for block_size {block_size}; "
             f"use a smaller block_size or more data")
     data = np.memmap(path, dtype=np.uint16, mode="r")
@@ -88,6 +88,12 @@ def open_bin(data_dir, split, block_size, vocab_size):
     if top >= vocab_size:
         die(f"{path} holds token id {top} but vocab_size is {vocab_size}; the bin and meta.json disagree, re-prepare")
     return data
+
+
+def sample_starts(data, block_size, shape, generator):
+    """Random window starts: the last one whose targets fit is len(data) - block_size - 1, so the exclusive bound
+    is len(data) - block_size (as in nanoGPT)."""
+    return torch.randint(len(data) - block_size, shape, generator=generator)
 
 
 def get_batch(data, ix, block_size, device):
@@ -131,6 +137,8 @@ def main(argv):
             die(f"{key}={cfg[key]} must be at least 1")
     if cfg["schedule"] not in ("cosine", "noam", "constant"):
         die(f"schedule={cfg['schedule']!r} is not one of 'cosine', 'noam', 'constant'")
+    if cfg["schedule"] == "noam" and cfg["warmup_iters"] < 1:
+        die("schedule='noam' needs warmup_iters >= 1 (its peak is at step warmup_iters; the paper uses 4000)")
     if cfg["compile"] not in ("auto", True, False):
         die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
     # Distributed setup: torchrun sets RANK/WORLD_SIZE; every process runs this same script.
@@ -194,6 +202,10 @@ def main(argv):
     data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
     iter_num, best_val, skipped, saved_iter = 0, float("inf"), 0, None  # saved_iter: the last checkpoint written
     train_time = 0.0  # seconds spent in training steps, evaluation excluded
+    wandb_id = None  # a resumed run logs to the same wandb run
+    # Dropout masks and router noise must differ between processes, which see different data; the weights above and
+    # the data draws (data_gen) stay the same in all of them.
+    torch.manual_seed(cfg["seed"] + rank)
     if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -202,12 +214,18 @@ def main(argv):
                 f"start a new run from its weights with --init_from={ckpt_path}")
         scaler.load_state_dict(ckpt["scaler"])
         iter_num, best_val, skipped = ckpt["iter_num"], ckpt["best_val_loss"], ckpt.get("skipped", 0)
-        train_time = ckpt.get("train_time", 0.0)
+        train_time, wandb_id = ckpt.get("train_time", 0.0), ckpt.get("wandb_id")
         saved_iter = iter_num
         data_gen.set_state(ckpt["rng"]["data"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        # One RNG state per process (a list); a checkpoint from another number of processes (or an older single
+        # state) restores what it can and the other processes keep their rank-offset seeds.
+        states = ckpt["rng"]["torch"] if isinstance(ckpt["rng"]["torch"], list) else [ckpt["rng"]["torch"]]
+        cuda_states = ckpt["rng"].get("cuda")
+        cuda_states = cuda_states if isinstance(cuda_states, list) else [cuda_states]
+        if rank < len(states):
+            torch.set_rng_state(states[rank])
+        if device.type == "cuda" and rank < len(cuda_states) and cuda_states[rank] is not None:
+            torch.cuda.set_rng_state(cuda_states[rank], device)
         print(f"resumed from {ckpt_path} at iter {iter_num}")
     ckpt = source = None  # free memory
     raw_model = model
@@ -222,8 +240,9 @@ def main(argv):
     if cfg["wandb_log"] and master:
         import wandb
 
-        wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None,
-                   config={**cfg, **dataclasses.asdict(raw_model.config)})
+        run = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None, id=wandb_id,
+                         resume="allow", config={**cfg, **dataclasses.asdict(raw_model.config)})
+        wandb_id = run.id  # saved in the checkpoint, so --resume continues this wandb run
 
     @torch.no_grad()
     def evaluate():
@@ -234,8 +253,7 @@ def main(argv):
             gen = torch.Generator().manual_seed(cfg["seed"] + 1)
             losses = torch.zeros(cfg["eval_iters"])
             for k in range(cfg["eval_iters"]):
-                x, y = get_batch(data, torch.randint(len(data) - block_size - 1, (cfg["batch_size"],), generator=gen),
-                                 block_size, device)
+                x, y = get_batch(data, sample_starts(data, block_size, (cfg["batch_size"],), gen), block_size, device)
                 y[:, : cfg["eval_from"]] = -1
                 with autocast:
                     losses[k] = raw_model(x, y)[1].item()
@@ -250,7 +268,17 @@ def main(argv):
         die(f"{what}; {where} {fix}")
 
     def checkpoint():
+        """Called by every process (they all hand in their RNG states); the master writes the file."""
         nonlocal saved_iter
+        rng_states = [torch.get_rng_state()]
+        cuda_states = [torch.cuda.get_rng_state(device) if device.type == "cuda" else None]
+        if ddp:
+            rng_states, cuda_states = [None] * world, [None] * world
+            torch.distributed.all_gather_object(rng_states, torch.get_rng_state())
+            torch.distributed.all_gather_object(
+                cuda_states, torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None)
+        if not master:
+            return
         if not torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all():  # never save NaNs
             stop_nonfinite(f"the weights are not finite at iter {iter_num} (a NaN/inf gradient?)",
                            "a lower learning_rate or grad_clip")
@@ -258,9 +286,8 @@ def main(argv):
             "model": strip_prefixes(raw_model.state_dict()), "model_name": model_name,
             "model_config": dataclasses.asdict(raw_model.config), "config": cfg, "meta": meta,
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
-            "best_val_loss": best_val, "skipped": skipped, "train_time": train_time,
-            "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "best_val_loss": best_val, "skipped": skipped, "train_time": train_time, "wandb_id": wandb_id,
+            "rng": {"data": data_gen.get_state(), "torch": rng_states, "cuda": cuda_states},
         }, ckpt_path)
         saved_iter = iter_num
 
@@ -294,7 +321,7 @@ def main(argv):
         for group in optimizer.param_groups:
             group["lr"] = lr
         done = iter_num >= cfg["max_iters"] or budget > 0 and train_time >= budget
-        if iter_num % cfg["eval_interval"] == 0 or done:
+        if iter_num % cfg["eval_interval"] == 0 or done or cfg["eval_only"]:
             losses = evaluate()
             if master:
                 best_val = min(best_val, losses["val"])
@@ -306,8 +333,8 @@ def main(argv):
                 if cfg["wandb_log"]:
                     wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
                                **{f"val/{k}": v for k, v in model_stats().items()}})
-                if not first and not cfg["eval_only"]:
-                    checkpoint()
+            if not first and not cfg["eval_only"]:
+                checkpoint()
             t0, n_timed = time.time(), 0  # keep evaluation out of the training speed
         first = False
         if done or cfg["eval_only"]:
@@ -315,7 +342,7 @@ def main(argv):
         t_step = time.time()
 
         # One optimizer step over the global batch: every process draws the same indices and takes its share.
-        ix = torch.randint(len(train_data) - block_size - 1, (world, accum, cfg["batch_size"]), generator=data_gen)[rank]
+        ix = sample_starts(train_data, block_size, (world, accum, cfg["batch_size"]), data_gen)[rank]
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             x, y = get_batch(train_data, ix[micro], block_size, device)
@@ -357,13 +384,13 @@ def main(argv):
             if cfg["wandb_log"]:
                 wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
                            **{f"train/{k}": v for k, v in stats.items()}})
-        if ddp:  # every process must stop at the same step
-            flag = torch.tensor(float(stop["requested"]), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop["requested"] = bool(flag.item())
+        if ddp:  # every process must stop at the same step and see the same clock (the schedule and the budget use it)
+            flags = torch.tensor([float(stop["requested"]), train_time], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            stop["requested"], train_time = bool(flags[0].item()), flags[1].item()
         if stop["requested"]:
+            checkpoint()
             if master:
-                checkpoint()
                 launcher = f"torchrun --standalone --nproc_per_node={world}" if ddp else "python"
                 again = shlex.join(["train.py", *(a for a in argv if not a.startswith("--resume")), "--resume"])
                 print(f"saved {ckpt_path} at iter {iter_num}; continue with: {launcher} {again}", flush=True)

@@ -408,6 +408,11 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
     ("unknown schedule", "train.py", ["--schedule=cosin"], None, None,
      r"schedule='cosin' is not one of 'cosine', 'noam', 'constant'$"),
     ("eval_interval 0", "train.py", ["--eval_interval=0"], None, None, r"eval_interval=0 must be at least 1$"),
+    ("noam schedule without warmup", "train.py", ["--schedule=noam", "--warmup_iters=0"], None, None,
+     r"schedule='noam' needs warmup_iters >= 1 \(its peak is at step warmup_iters"),
+    ("a large dataset missing is not prepared on the fly", "train.py", ["--dataset=openwebtext"], None, None,
+     r"dataset 'openwebtext' not found \(data/openwebtext/meta.json is missing\); prepare it first \(it is too large "
+     r"to prepare on the fly\): python \S*prepare/openwebtext.py$"),
     ("dataset missing, prepare script offline", "train.py", ["--dataset=shakespeare_char"], None, NO_NETWORK,
      r"could not download https://\S+ \(URLError\); fetch it elsewhere and run `python \S*prepare/shakespeare_char.py "
      r"--input PATH`"),
@@ -486,6 +491,16 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
     ("sample: weights that do not fit the model file", "sample.py", ["--ckpt=out", *SAMPLE],
      edit_ckpt(lambda c: c["model"].pop("transformer.wpe.weight")), None,
      r"the weights in out do not fit models/gpt2.py as it is now; was the model file edited after training\?$"),
+    ("sample: top_k 0", "sample.py", ["--ckpt=out", *SAMPLE, "--top_k=0"], None, None,
+     r"--top_k=0 must be at least 1 \(1 is greedy"),
+    ("sample: negative temperature", "sample.py", ["--ckpt=out", *SAMPLE, "--temperature=-0.5"], None, None,
+     r"--temperature=-0.5 must be 0 \(greedy\) or more$"),
+    ("sample: top_p above 1", "sample.py", ["--ckpt=out", *SAMPLE, "--top_p=1.5"], None, None,
+     r"--top_p=1.5 must be in \(0, 1\]"),
+    ("sample: top_p 0", "sample.py", ["--ckpt=out", *SAMPLE, "--top_p=0"], None, None,
+     r"--top_p=0.0 must be in \(0, 1\]"),
+    ("sample: negative max_new_tokens", "sample.py", ["--ckpt=out", *SAMPLE, "--max_new_tokens=-3"], None, None,
+     r"--max_new_tokens=-3 must be 0 or more$"),
     ("sample: a malformed option", "sample.py", ["--ckpt=out", "--num_samples=abc"], None, None,
      r"argument --num_samples: invalid int value: 'abc'; see python sample.py --help$"),
     # prepare/

@@ -1,15 +1,19 @@
 """train.py and sample.py end to end on a tiny character dataset, as a user runs them."""
 
+import json
 import os
 import re
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from common import peak_flops_of
 from conftest import ROOT, SHAKESPEARE, TINY, copy_repo, corpus_text, run
-from train import DEFAULTS, get_lr
+from models import gpt2
+from train import DEFAULTS, get_batch, get_lr, sample_starts
 
 
 def logged(out, kind):
@@ -79,8 +83,81 @@ def test_ddp_two_processes_match_one_process(workdir):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)
-    assert any((a[k] - torch.load(workdir / "single" / "ckpt.pt", weights_only=True)["model"][k]).abs().sum() == 0
-               for k in a)
+    # ... and the match is not that of two untouched models: every tensor moved away from the initial weights
+    torch.manual_seed(1337)  # train.py's seed, before it builds the model
+    vocab = json.loads((workdir / "data" / "tiny" / "meta.json").read_text())["vocab_size"]
+    init = gpt2.Model(gpt2.Config(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab)).state_dict()
+    assert all(not torch.equal(a[k], init[k]) for k in a)
+
+
+# A wrapper run by every torchrun process: train.py unchanged, then each rank saves the weights it ended with and a
+# draw from its torch RNG (the stream dropout and router noise use).
+PER_RANK = """
+import os, runpy, sys
+sys.path.insert(0, {root!r})
+import torch
+kept = {{}}
+class DDP(torch.nn.parallel.DistributedDataParallel):
+    def __init__(self, module, *args, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        kept["model"] = module
+torch.nn.parallel.DistributedDataParallel = DDP
+runpy.run_path({train!r}, run_name="__main__")
+torch.save({{"model": kept["model"].state_dict(), "draw": torch.rand(4)}}, f"rank{{os.environ['RANK']}}.pt")
+"""
+
+
+def test_ddp_time_budget_keeps_ranks_in_step(workdir):
+    """Each process times its own steps; unsynchronised, their schedules and stopping steps differed, the weights
+    drifted apart and one rank died in an all-reduce the other never joined."""
+    (workdir / "per_rank.py").write_text(PER_RANK.format(root=ROOT, train=os.path.join(ROOT, "train.py")))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                str(workdir / "per_rank.py")]
+    p = run(torchrun, *TINY, "--max_iters=100000", "--max_seconds=4", "--eval_interval=50",
+            "--gradient_accumulation_steps=2", "--dropout=0.1", "--out_dir=ddp", cwd=workdir, timeout=240)
+    assert "2 process(es)" in p.stdout
+    r0, r1 = (torch.load(workdir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
+    # dropout masks differ between ranks (different seeds), while the data draws and initial weights are shared
+    assert not torch.equal(r0["draw"], r1["draw"])
+    ckpt = torch.load(workdir / "ddp" / "ckpt.pt", weights_only=True)
+    assert len(ckpt["rng"]["torch"]) == 2 and not torch.equal(*ckpt["rng"]["torch"])
+    assert ckpt["iter_num"] > 0 and ckpt["train_time"] >= 4
+
+
+def test_sampler_draws_the_last_window():
+    """The last start whose targets fit is len - block_size - 1; the sampler used to stop one short of it."""
+    data = np.arange(10, dtype=np.uint16)
+    ix = sample_starts(data, 8, (2000,), torch.Generator().manual_seed(0))
+    assert set(ix.tolist()) == {0, 1}
+    x, y = get_batch(data, torch.tensor([1]), 8, torch.device("cpu"))
+    assert x[0].tolist() == list(range(1, 9)) and y[0].tolist() == list(range(2, 10))
+
+
+def test_a_bin_of_exactly_one_window_trains(workdir):
+    ids = np.fromfile(workdir / "data" / "tiny" / "val.bin", dtype=np.uint16)[:33]  # block_size 32 + 1 target
+    ids.tofile(workdir / "data" / "tiny" / "val.bin")
+    p = run("train.py", *TINY, "--max_iters=2", "--eval_interval=2", "--out_dir=out", cwd=workdir)
+    assert "step 2:" in p.stdout
+
+
+def test_eval_only_after_resume_always_evaluates(workdir):
+    run("train.py", *TINY, "--max_iters=7", "--eval_interval=5", "--out_dir=out", cwd=workdir)
+    p = run("train.py", *TINY, "--max_iters=20", "--eval_interval=5", "--out_dir=out", "--resume", "--eval_only",
+            cwd=workdir)
+    assert "resumed from out/ckpt.pt at iter 7" in p.stdout and list(logged(p.stdout, "step")) == [7]
+    assert torch.load(workdir / "out" / "ckpt.pt", weights_only=True)["iter_num"] == 7  # nothing was trained
+
+
+def test_peak_flops_matches_whole_names():
+    assert peak_flops_of("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops_of("NVIDIA H100 NVL") == 835e12 and peak_flops_of("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops_of("NVIDIA L40") == 181e12 and peak_flops_of("NVIDIA L40S") == 362e12
+    assert peak_flops_of("NVIDIA L4") == 121e12 and peak_flops_of("NVIDIA A10G") == 70e12
+    assert peak_flops_of("NVIDIA A100-SXM4-80GB") == 312e12 and peak_flops_of("NVIDIA GH200 480GB") == 989e12
+    assert peak_flops_of("NVIDIA B200") == 2250e12 and peak_flops_of("AMD Instinct MI300X") == 1307e12
+    assert peak_flops_of("NVIDIA H200") == 989e12 and peak_flops_of("NVIDIA GeForce RTX 4090") == 165e12
+    assert peak_flops_of("NVIDIA T4") is None and peak_flops_of("NVIDIA L4000") is None
 
 
 def test_torch_compile_smoke(workdir):
@@ -91,11 +168,17 @@ def test_torch_compile_smoke(workdir):
     assert not any("_orig_mod" in k for k in ckpt["model"])
 
 
-def test_wandb_offline(workdir):
-    p = run("train.py", *TINY, "--max_iters=10", "--wandb_log=True", "--out_dir=out", cwd=workdir,
-            env={"WANDB_MODE": "offline", "WANDB_DIR": str(workdir), "WANDB_SILENT": "true"})
+def test_wandb_offline_and_resume_continues_the_same_run(workdir):
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(workdir), "WANDB_SILENT": "true"}
+    p = run("train.py", *TINY, "--max_iters=10", "--wandb_log=True", "--out_dir=out", cwd=workdir, env=env)
     runs = list((workdir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb")), p.stdout
+    run_id = torch.load(workdir / "out" / "ckpt.pt", weights_only=True)["wandb_id"]
+    assert run_id and runs[0].name.endswith(f"-{run_id}")
+    run("train.py", *TINY, "--max_iters=20", "--wandb_log=True", "--out_dir=out", "--resume", cwd=workdir, env=env)
+    runs = sorted((workdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # offline: one folder per process
+    assert torch.load(workdir / "out" / "ckpt.pt", weights_only=True)["wandb_id"] == run_id
 
 
 def test_prepares_missing_data_itself(tmp_path):
