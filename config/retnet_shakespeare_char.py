@@ -1,4 +1,4 @@
-# RetNet on character-level Shakespeare: the same budget as the GPT-2 quickstart (config/gpt2_shakespeare_char.py),
+# RetNet on character-level Shakespeare: the same budget as the GPT-2 quickstart (config/shakespeare_char.py),
 # so the two runs compare directly. At block 64 the parallel retention form is the cheapest; 'chunkwise' trains the
 # same function (tests/test_retnet.py checks it) and pays off at long block sizes.
 model = 'retnet'

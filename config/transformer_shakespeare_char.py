@@ -1,5 +1,5 @@
 # The 2017 encoder-decoder Transformer (models/transformer.py) on Shakespeare characters, trained with the
-# paper's recipe (section 5.3, 5.4) at the size and budget of the GPT-2 quickstart (config/gpt2_shakespeare_char.py).
+# paper's recipe (section 5.3, 5.4) at the size and budget of the GPT-2 quickstart (config/shakespeare_char.py).
 # Each 64-token block is split: the first src_len = 32 tokens are the encoder's source, the decoder predicts the
 # remaining 33 targets (targets[:, 31:]); val loss is the plain cross-entropy on those positions only.
 # $ python train.py config/transformer_shakespeare_char.py

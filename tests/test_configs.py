@@ -2,6 +2,7 @@
 the 125M-scale configs cost no memory): a renamed Config field or a bad head count in a config fails here."""
 
 import glob
+import re
 import os
 
 import pytest
@@ -27,3 +28,12 @@ def test_config_parses_and_builds(path):
         model = module.Model(module.Config(**model_kwargs))
     n = sum(p.numel() for p in model.parameters())
     assert n > 0 and model.flops_per_token() > 0
+
+
+def test_every_config_a_comment_or_the_readme_names_exists():
+    """A config's comments (and the README) point readers at other configs: those files must exist."""
+    texts = [open(p).read() for p in CONFIGS] + [open(os.path.join(ROOT, "README.md")).read()]
+    named = {m for t in texts for m in re.findall(r"\bconfig/[\w/]+\.py", t)}
+    named.discard("config/train_shakespeare_char.py")  # nanoGPT's own config, in the README's comparison command
+    assert named and all(os.path.isfile(os.path.join(ROOT, n)) for n in named), \
+        sorted(n for n in named if not os.path.isfile(os.path.join(ROOT, n)))
