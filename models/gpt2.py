@@ -189,21 +189,31 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
+        """Allocate a KV cache of block_size positions per layer (dtype = the compute dtype)."""
         shape = (batch_size, self.config.n_head, self.config.block_size, self.config.n_embd // self.config.n_head)
         for block in self.transformer.h:
             block.attn.cache_k = torch.zeros(shape, device=device, dtype=dtype)
             block.attn.cache_v = torch.zeros(shape, device=device, dtype=dtype)
 
+    def free_cache(self):
+        for block in self.transformer.h:
+            block.attn.cache_k = block.attn.cache_v = None
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens. The prompt is run once to fill the KV cache, then each step feeds
-        only the newest token. Learned positions end at block_size: when the cache is full we keep the most recent
-        half of the context and refill the cache from it once, so the amortised cost per token stays constant."""
+        """Extend idx (B, T) by max_new_tokens; greedy at temperature 0. The prompt is run once to fill the KV cache,
+        then each step feeds only the newest token. Learned positions end at block_size: a longer prompt is
+        prefilled with its last block_size tokens; when the cache fills during generation we refill it once from
+        the most recent block_size // 2 tokens, so the amortised cost per token stays constant. The cache is freed
+        before returning. Bad arguments raise ValueError (check_generate_args)."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
         dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
         self.setup_cache(idx.size(0), idx.device, dtype)
         keep = self.config.block_size // 2
-        context = idx if idx.size(1) <= self.config.block_size else idx[:, -keep:]
+        context = idx[:, -self.config.block_size:]  # the whole prompt if it fits
         logits, _ = self(context, start_pos=0)
         pos = context.size(1)
         for i in range(max_new_tokens):
@@ -217,7 +227,7 @@ class Model(nn.Module):
             else:
                 logits, _ = self(idx_next, start_pos=pos)
                 pos += 1
-        self.setup_cache(0, idx.device, dtype)  # free the cache
+        self.free_cache()
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
@@ -251,6 +261,17 @@ class Model(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """generate's argument check, before any work: a ValueError that names the argument and what is allowed."""
+    for bad, msg in ((idx.size(1) == 0, "idx is an empty prompt: generate needs at least one token"),
+                     (max_new_tokens < 0, f"max_new_tokens ({max_new_tokens}) must be >= 0"),
+                     (temperature < 0, f"temperature ({temperature}) must be >= 0 (0 = greedy)"),
+                     (top_k is not None and top_k < 1, f"top_k ({top_k}) must be None or an int >= 1"),
+                     (top_p is not None and not 0 < top_p <= 1, f"top_p ({top_p}) must be None or in (0, 1]")):
+        if bad:
+            raise ValueError(msg)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

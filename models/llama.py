@@ -319,10 +319,10 @@ class Model(nn.Module):
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 * L * C * T, where the attention
         term uses all n_head query heads (GQA shrinks the k/v projections, counted in N, not q.k or attn.v), and
-        T is the keys a query can see: min(block_size, sliding_window)."""
+        T = block_size, with or without a sliding window: the masked dense kernel computes every score, so the
+        window saves memory in generation, not FLOPs in training."""
         cfg = self.config
-        T = cfg.block_size if cfg.sliding_window is None else min(cfg.block_size, cfg.sliding_window)
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
     def kv_cache_bytes_per_token(self, dtype_bytes=2):
         """KV-cache memory per cached token: keys and values, n_kv_head heads of head size, in every layer.
@@ -334,7 +334,7 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
-        """Full-attention models cache block_size positions; sliding-window models a rolling sliding_window slots."""
+        """KV caches in the compute dtype: block_size positions, or a rolling sliding_window slots (Mistral)."""
         cfg = self.config
         cache_len = cfg.block_size if cfg.sliding_window is None else cfg.sliding_window
         shape = (batch_size, cfg.n_kv_head, cache_len, cfg.n_embd // cfg.n_head)
@@ -342,44 +342,47 @@ class Model(nn.Module):
             block.attention.cache_k = torch.zeros(shape, device=device, dtype=dtype)
             block.attention.cache_v = torch.zeros(shape, device=device, dtype=dtype)
 
+    def free_cache(self):
+        for block in self.layers:
+            block.attention.cache_k = block.attention.cache_v = None
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens. The prompt is run once to fill the KV cache, then each step feeds
-        only the newest token.
-        - Full attention: the cache holds block_size positions (the trained context). When it is full we keep the
-          most recent half of the context and refill the cache from it once (at positions 0..), so the amortised
-          cost per token stays constant; the output then equals a full forward over that truncated context.
-        - Sliding window (Mistral): a rolling cache of sliding_window slots; positions keep counting past
-          block_size (RoPE tables computed on the fly there), memory stays flat, and every step equals a full
-          forward over the whole sequence. A prompt longer than block_size is prefilled block_size tokens at once,
-          then fed one token at a time, which keeps that exactness."""
+        """Extend idx (B, T) by max_new_tokens (greedy at temperature 0; bad arguments raise ValueError). The prompt
+        fills the KV cache once, then each step feeds only the newest token; the cache is freed on return.
+        - Full attention (bounded): block_size cached positions. A longer prompt is prefilled with its last block_size
+          tokens; when the cache fills during generation it is refilled once from the most recent block_size // 2
+          tokens (at positions 0..), so the cost per token stays constant.
+        - Sliding window (Mistral, unbounded): a rolling cache of sliding_window slots, positions counting on past
+          block_size (RoPE computed on the fly); every step equals a full forward over the whole sequence, prompt
+          included (its first block_size tokens prefilled at once, the rest fed one at a time)."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
         cfg = self.config
         dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.output.weight.dtype
         self.setup_cache(idx.size(0), idx.device, dtype)
         keep = cfg.block_size // 2
-        if cfg.sliding_window is None:
-            context = idx if idx.size(1) <= cfg.block_size else idx[:, -keep:]
-            logits, _ = self(context, start_pos=0)
-            pos = context.size(1)
-        else:
-            logits, _ = self(idx[:, :cfg.block_size], start_pos=0)
-            pos = min(idx.size(1), cfg.block_size)
-            for t in range(pos, idx.size(1)):  # the rest of a long prompt, through the rolling cache
-                logits, _ = self(idx[:, t:t + 1], start_pos=t)
-            pos = idx.size(1)
+        window = cfg.sliding_window is not None
+        context = idx[:, :cfg.block_size] if window else idx[:, -cfg.block_size:]  # the whole prompt if it fits
+        logits, _ = self(context, start_pos=0)
+        pos = context.size(1)
+        while window and pos < idx.size(1):  # the rest of a long prompt, one token at a time via the rolling cache
+            logits, _ = self(idx[:, pos:pos + 1], start_pos=pos)
+            pos += 1
         for i in range(max_new_tokens):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
             if i == max_new_tokens - 1:
                 break
-            if cfg.sliding_window is None and pos == cfg.block_size:  # cache full: refill from the recent half
+            if not window and pos == cfg.block_size:  # cache full: refill from the recent half
                 logits, _ = self(idx[:, -keep:], start_pos=0)
                 pos = keep
             else:
                 logits, _ = self(idx_next, start_pos=pos)
                 pos += 1
-        self.setup_cache(0, idx.device, dtype)  # free the cache
+        self.free_cache()
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
@@ -439,6 +442,17 @@ class Model(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """generate's argument check, before any work: a ValueError that names the argument and what is allowed."""
+    for bad, msg in ((idx.size(1) == 0, "idx is an empty prompt: generate needs at least one token"),
+                     (max_new_tokens < 0, f"max_new_tokens ({max_new_tokens}) must be >= 0"),
+                     (temperature < 0, f"temperature ({temperature}) must be >= 0 (0 = greedy)"),
+                     (top_k is not None and top_k < 1, f"top_k ({top_k}) must be None or an int >= 1"),
+                     (top_p is not None and not 0 < top_p <= 1, f"top_p ({top_p}) must be None or in (0, 1]")):
+        if bad:
+            raise ValueError(msg)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
