@@ -27,7 +27,8 @@ What changed since the previous generation (Llama, models/llama.py):
 - Left out from models/llama.py to keep the file about experts: the sliding window and gradient checkpointing.
 
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
-Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token().
+Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache (setup_cache / free_cache),
+Model.flops_per_token().
 Model.stats holds the router losses, dropped tokens and (at eval) each layer's expert load after every forward.
 """
 
@@ -98,7 +99,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.cache_k = self.cache_v = None  # (B, n_kv_head, block_size, hs), set by Model.setup_cache
+        self.cache_k = self.cache_v = None  # (B, n_kv_head, block_size, hs): Model.setup_cache / free_cache
 
     def forward(self, x, cos, sin, start_pos=None):
         B, T, C = x.size()
@@ -163,16 +164,24 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
+def compute_dtype(x):
+    """The dtype matmuls run in: autocast's when it is on for x's device, else x's own."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this: 16-byte aligned groups for bf16 kernels
 
 
 def grouped_matmul(x, w, offs):
     """Rows offs[g-1]:offs[g] of x (M, K) times w[g]^T, for w (G, N, K) in nn.Linear layout -> (M, N).
     One grouped-GEMM kernel for all experts (torch.nn.functional.grouped_mm) in bfloat16 on CUDA or CPU, the dtype
-    its CUDA kernel and torch.compile accept, and in float32 on CPU outside torch.compile (the tests). Elsewhere
-    (float16/float32 on a GPU, MPS) one matmul per expert, which reads the group bounds on the host."""
+    its CUDA kernel and torch.compile accept, and in float32 on CPU outside torch.compile. Elsewhere (float16/float32
+    on a GPU, MPS, and float64, which the kernel lacks: the tests' exact checks) one matmul per expert, the same
+    function, which reads the group bounds on the host."""
     on_cpu_eager = x.device.type == "cpu" and not torch.compiler.is_compiling()
-    if hasattr(F, "grouped_mm") and x.device.type in ("cuda", "cpu") and (x.dtype == torch.bfloat16 or on_cpu_eager):
+    if hasattr(F, "grouped_mm") and x.device.type in ("cuda", "cpu") and (
+            x.dtype == torch.bfloat16 or (on_cpu_eager and x.dtype == torch.float32)):
         return F.grouped_mm(x, w.mT, offs=offs)
     return grouped_matmul_loop(x, w, offs)
 
@@ -203,12 +212,14 @@ class MoE(nn.Module):
 
     def route(self, x):
         """x (N, C) -> router logits (N, E), probabilities (N, E), chosen experts (N, k), their weights (N, k).
-        In float32 even under autocast: Switch's "selective precision", the softmax and top-k are sensitive."""
+        In at least float32 even under autocast (Switch's "selective precision": the softmax and top-k are
+        sensitive), in float64 when the model is float64."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            h = x.float()
+            h = x.to(dtype)
             if self.training and self.jitter > 0:  # Switch: multiplicative noise on the router input only
                 h = h * torch.empty_like(h).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-            logits = F.linear(h, self.router.weight.float())  # (N, E)
+            logits = F.linear(h, self.router.weight.to(dtype))  # (N, E)
         probs = logits.softmax(dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
         if self.renormalize:  # Mixtral: the k weights sum to 1 (= softmax over the k chosen logits)
@@ -228,7 +239,32 @@ class MoE(nn.Module):
 
     def experts_forward(self, x, experts, keep):
         """x (N, C), experts (N, k), keep (N, k) -> outputs (N, k, C) of each token's chosen experts (0 if dropped).
-        No Python loop over tokens or experts: the N*k (token, expert) assignments are written into one buffer,
+        Few assignments (decoding, tiny batches: N*k up to E * GROUP_ALIGN, about the padding the grouped buffer
+        may add): only the chosen experts run, on their tokens only. Else (and under torch.compile) grouped."""
+        if experts.numel() <= self.n_expert * GROUP_ALIGN and not torch.compiler.is_compiling():
+            return self.experts_loop(x, experts, keep)
+        return self.experts_grouped(x, experts, keep)
+
+    def experts_loop(self, x, experts, keep):
+        """experts_forward as one SwiGLU per expert that received tokens, on exactly those rows: the cost follows
+        the N*k assignments, not the padded buffer. Which experts to run is read on the host (one sync)."""
+        N, C = x.shape
+        e = torch.where(keep, experts, self.n_expert).view(-1)  # (N*k,) dropped assignments to a dummy expert E
+        order = e.argsort(stable=True)  # assignments grouped by expert, dropped ones last
+        counts = torch.bincount(e, minlength=self.n_expert + 1).tolist()  # host sync
+        dtype = compute_dtype(x)
+        xs = x.to(dtype)[order // self.top_k]  # (N*k, C) tokens grouped by expert
+        ys, start = [], 0
+        for i, n in enumerate(counts[:-1]):
+            if n:
+                xi, w1, w2, w3 = xs[start:start + n], self.w1[i].to(dtype), self.w2[i].to(dtype), self.w3[i].to(dtype)
+                ys.append(F.linear(F.silu(F.linear(xi, w1)) * F.linear(xi, w3), w2))  # (n, C)
+            start += n
+        ys.append(xs.new_zeros(counts[-1], C))  # dropped: 0, as in the grouped path
+        return torch.cat(ys)[order.argsort()].view(N, self.top_k, C)  # back to (token, choice) order
+
+    def experts_grouped(self, x, experts, keep):
+        """No Python loop over tokens or experts: the N*k (token, expert) assignments are written into one buffer,
         grouped by expert (each group padded to GROUP_ALIGN rows), and the experts run as grouped matmuls.
         Every shape is static (the buffer has a fixed upper bound of rows), so there is no host sync."""
         N, C = x.shape
@@ -245,7 +281,7 @@ class MoE(nn.Module):
         # Which token each buffer row holds: padding rows read an all-zero row (index N), dropped ones are discarded.
         token = torch.arange(N * k, device=x.device) // k
         src = torch.full((M + 1,), N, dtype=torch.long, device=x.device).scatter(0, row, token)[:M]
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = compute_dtype(x)
         xs = torch.cat([x, x.new_zeros(1, C)]).to(dtype)[src]  # (M, C) tokens grouped by expert
         offs = padded.cumsum(dim=0).to(torch.int32)
         offs[-1] = M  # the last group also takes the trailing padding rows, so every row belongs to a group
@@ -448,24 +484,32 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
+        """KV caches of block_size positions for a batch, in dtype (the compute dtype); free_cache() drops them."""
         cfg = self.config
         shape = (batch_size, cfg.n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         for block in self.layers:
             block.attention.cache_k = torch.zeros(shape, device=device, dtype=dtype)
             block.attention.cache_v = torch.zeros(shape, device=device, dtype=dtype)
 
+    def free_cache(self):
+        for block in self.layers:
+            block.attention.cache_k = block.attention.cache_v = None
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens. The prompt is run once to fill the KV cache, then each step feeds
-        only the newest token (routing is per token, so experts need no cache). When the block_size cache is full we
-        keep the most recent half of the context and refill the cache from it once (positions restart at 0), so the
-        amortised cost per token stays constant."""
+        """Extend idx (B, T) by max_new_tokens (temperature 0 = greedy). The prompt is run once to fill the KV cache
+        (in the compute dtype: autocast's when on), then each step feeds only the newest token (routing is per
+        token, so experts need no cache). A prompt longer than block_size is cut to its last block_size tokens. When
+        the cache fills during generation we keep the most recent half of the context and refill the cache from it
+        once (positions restart at 0), so the amortised cost per token stays constant. Caches are freed on return."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
         cfg = self.config
-        self.setup_cache(idx.size(0), idx.device, self.output.weight.dtype)
         keep = cfg.block_size // 2
-        context = idx if idx.size(1) <= cfg.block_size else idx[:, -keep:]
-        logits, _ = self(context, start_pos=0)
-        pos = context.size(1)
+        self.setup_cache(idx.size(0), idx.device, compute_dtype(self.output.weight))
+        logits, _ = self(idx[:, -cfg.block_size:], start_pos=0)
+        pos = min(idx.size(1), cfg.block_size)
         for i in range(max_new_tokens):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
@@ -477,7 +521,7 @@ class Model(nn.Module):
             else:
                 logits, _ = self(idx_next, start_pos=pos)
                 pos += 1
-        self.setup_cache(0, idx.device, self.output.weight.dtype)  # free the cache
+        self.free_cache()
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
@@ -639,6 +683,17 @@ def main(argv):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """generate's argument check, before any work: a ValueError that names the argument and what is allowed."""
+    for bad, msg in ((idx.size(1) == 0, "idx is an empty prompt: generate needs at least one token"),
+                     (max_new_tokens < 0, f"max_new_tokens ({max_new_tokens}) must be >= 0"),
+                     (temperature < 0, f"temperature ({temperature}) must be >= 0 (0 = greedy)"),
+                     (top_k is not None and top_k < 1, f"top_k ({top_k}) must be None or an int >= 1"),
+                     (top_p is not None and not 0 < top_p <= 1, f"top_p ({top_p}) must be None or in (0, 1]")):
+        if bad:
+            raise ValueError(msg)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
