@@ -44,8 +44,13 @@ import torch.utils.checkpoint
 # Norm
 
 
+def upcast(x):
+    """x in at least float32: bf16/fp16 -> float32, float64 stays float64 (so a .double() model is exact)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 (as the reference) so bf16 activations do not lose the scale."""
+    """x / rms(x) * weight, computed in at least float32 (as the reference) so bf16 activations keep the scale."""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -53,7 +58,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
+        x32 = upcast(x)
         return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
@@ -89,7 +94,7 @@ class RMSNorm(nn.Module):
 def selective_scan(x, dt, A, B, C, h0=None):
     """The SSM over a whole sequence (without the D skip).
     x, dt: (b, l, E); A: (E, N); B, C: (b, l, N); h0: (b, E, N) state before the first step, or None for zeros.
-    Returns y (b, l, E) and the state after the last step (b, E, N). Everything float32."""
+    Returns y (b, l, E) and the state after the last step (b, E, N). Everything in at least float32."""
     b, l, E = x.shape
     N = A.shape[1]
     L = math.ceil(math.sqrt(l))  # chunk length: ~sqrt(l) chunks of ~sqrt(l) steps minimises the Python steps
@@ -149,7 +154,7 @@ class Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(E))  # skip connection, y += D * x
         self.out_proj = nn.Linear(E, d, bias=False)
         self.recompute = config.recompute_scan
-        self.conv_state = self.ssm_state = None  # set by Model.setup_state for generation
+        self.conv_state = self.ssm_state = None  # set by Model.setup_cache for generation
 
         # dt init (section 3.6 / reference): weight ~ U(-R^-1/2, R^-1/2); bias = softplus^-1(dt) with dt log-uniform
         # in [dt_min, dt_max], so at init every channel's step size (its timescale) is spread over that range.
@@ -174,11 +179,11 @@ class Mixer(nn.Module):
         x, conv_state = self.causal_conv(x.transpose(1, 2), self.conv_state if decoding else None)
         x = F.silu(x).transpose(1, 2)  # (b, l, E)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # The SSM runs in float32 whatever the autocast dtype (as the reference kernel): long products of decays
-        # and sums over thousands of steps.
-        dt = F.softplus(self.dt_proj(dt).float())  # (b, l, E) step sizes, > 0
-        A = -torch.exp(self.A_log.float())  # (E, N), < 0
-        x, B, C = x.float(), B.float(), C.float()
+        # The SSM runs in at least float32 whatever the autocast dtype (as the reference kernel): long products of
+        # decays and sums over thousands of steps. (float64 in a .double() model, so float64 tests are exact.)
+        dt = F.softplus(upcast(self.dt_proj(dt)))  # (b, l, E) step sizes, > 0
+        A = -torch.exp(upcast(self.A_log))  # (E, N), < 0
+        x, B, C = upcast(x), upcast(B), upcast(C)
         h0 = self.ssm_state if decoding else None
         if decoding and l == 1:
             y, h = selective_step(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
@@ -190,7 +195,7 @@ class Mixer(nn.Module):
             y, h = selective_scan(x, dt, A, B, C, h0)
         if decoding:
             self.conv_state, self.ssm_state = conv_state, h
-        y = (y + x * self.D.float()) * F.silu(z.float())  # skip, then the gate (the block's multiplicative branch)
+        y = (y + x * upcast(self.D)) * F.silu(upcast(z))  # skip, then the gate (the block's multiplicative branch)
         return self.out_proj(y.to(u.dtype))
 
 
@@ -269,7 +274,7 @@ class Model(nn.Module):
 
     def forward(self, idx, targets=None, start_pos=None):
         """start_pos: None for training (each sequence from a zero state); an int for generation, where idx
-        continues a sequence of start_pos tokens summarised by the per-layer states (setup_state)."""
+        continues a sequence of start_pos tokens summarised by the per-layer states (setup_cache)."""
         x = self.backbone.embeddings(idx)  # (B, T, C); no position embedding
         for block in self.backbone.layers:
             x = block(x, start_pos)
@@ -296,22 +301,32 @@ class Model(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Generate
 
-    def setup_state(self, batch_size, device, dtype):
-        """Zero states per layer: the last K-1 conv inputs (B, E, K-1) and the SSM state (B, E, N), float32.
-        batch_size None frees them. This is all a Mamba layer remembers, however long the sequence."""
+    def setup_cache(self, batch_size, device, dtype):
+        """Zero states per layer: the last K-1 conv inputs (B, E, K-1), which are inputs, not a recurrence, in the
+        compute dtype; and the SSM state (B, E, N), a long decayed sum, in promote_types(weight dtype, float32).
+        This is all a Mamba layer remembers, however long the sequence."""
+        sdt = torch.promote_types(self.lm_head.weight.dtype, torch.float32)
         for block in self.backbone.layers:
             m = block.mixer
-            if batch_size is None:
-                m.conv_state = m.ssm_state = None
-            else:
-                m.conv_state = torch.zeros(batch_size, m.d_inner, m.d_conv - 1, device=device, dtype=dtype)
-                m.ssm_state = torch.zeros(batch_size, m.d_inner, m.d_state, device=device, dtype=torch.float32)
+            m.conv_state = torch.zeros(batch_size, m.d_inner, m.d_conv - 1, device=device, dtype=dtype)
+            m.ssm_state = torch.zeros(batch_size, m.d_inner, m.d_state, device=device, dtype=sdt)
+
+    def free_cache(self):
+        for block in self.backbone.layers:
+            block.mixer.conv_state = block.mixer.ssm_state = None
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens. The prompt is run once (chunked scan) and leaves the states; each
-        further token is one recurrent step: constant time and memory per token at any length (no block_size limit)."""
-        self.setup_state(idx.size(0), idx.device, self.lm_head.weight.dtype)
+        """Extend idx (B, T) by max_new_tokens; greedy at temperature 0. The whole prompt is run once (chunked scan;
+        no length limit, so a prompt longer than block_size is not cut) and leaves the states; each further token
+        is one recurrent step: constant time and memory per token at any length. The states are freed before
+        returning. Bad arguments raise ValueError (check_generate_args)."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
+        dev = idx.device.type  # under autocast the conv inputs come out in the autocast dtype: keep them in it
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
+        self.setup_cache(idx.size(0), idx.device, dtype)
         logits, _ = self(idx, start_pos=0)
         pos = idx.size(1)
         for i in range(max_new_tokens):
@@ -321,7 +336,7 @@ class Model(nn.Module):
                 break
             logits, _ = self(idx_next, start_pos=pos)
             pos += 1
-        self.setup_state(None, None, None)  # free the states
+        self.free_cache()
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
@@ -349,6 +364,20 @@ class Model(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """Raise ValueError, naming the argument, before any work is done."""
+    if idx.size(1) == 0:
+        raise ValueError("idx is an empty prompt: generate needs at least one token to condition on")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k ({top_k}) must be None or an int >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p ({top_p}) must be None or in (0, 1]")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -23,6 +23,9 @@ What changed since the previous generation (LLaMA, models/llama.py):
   Transformer's 12 * n_embd^2 parameters. Here the FFN is a GeGLU of width 4/3 * n_embd: the same 4d^2.
 - Pre-norm RMSNorm residual blocks, tied embeddings, no biases (as LLaMA); no GQA, no sliding window.
 
+Precision: the recurrent state and its decays stay in at least float32 whatever the compute dtype: in bf16,
+gamma = 1 - 2^(-5-h) rounds to exactly 1.0 for every head h >= 4, and such a state never forgets.
+
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
 Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a recurrent state, Model.flops_per_token().
 """
@@ -38,8 +41,13 @@ import torch.nn.functional as F
 # Norm
 
 
+def upcast(x):
+    """x in at least float32: bf16/fp16 -> float32, float64 stays float64 (so a .double() model is exact)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 (Zhang & Sennrich 2019); the pre-norm of every sub-block."""
+    """x / rms(x) * weight, in at least float32 (Zhang & Sennrich 2019); the pre-norm of every sub-block."""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -47,7 +55,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
+        x32 = upcast(x)
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
@@ -57,7 +65,7 @@ def group_norm(x, eps):
     As in torchscale it is RMS-only and without affine (out_proj absorbs a per-channel scale). What matters is that
     it is scale-invariant: the score normalisations below multiply each (position, head) row by a scalar, which
     this norm removes, so they change the numerics, not the function (up to eps)."""
-    x32 = x.float()
+    x32 = upcast(x)
     return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
 
 
@@ -65,28 +73,28 @@ def group_norm(x, eps):
 # Position: rotation of q and k, and the per-head decay gamma
 
 
-def decay_rates(n_head, device):
+def decay_rates(n_head, device, dtype=torch.float32):
     """log gamma_h for every head, section 2.2: gamma = 1 - 2^(-5 - arange(0, h)), so head 0 halves its memory in
     ~22 tokens and head h in ~22 * 2^h. (torchscale 0.3.0 uses the same 1 - 2^(-5 - h), h = 0..n_head-1.)
-    Computed in float64 with log1p and only then rounded, so gamma stays < 1 even when 2^(-5-h) is below float32's
-    resolution at 1. Built on the fly, not stored as a buffer, so model.to(bfloat16) cannot round it."""
+    Computed in float64 with log1p, then rounded to dtype (>= float32), so gamma stays < 1 even when 2^(-5-h) is
+    below float32's resolution at 1. Built on the fly, not a buffer, so model.to(bfloat16) cannot round it."""
     h = torch.arange(n_head, dtype=torch.float64, device=device)
-    return torch.log1p(-(2.0 ** (-5.0 - h))).float()  # (nh,)
+    return torch.log1p(-(2.0 ** (-5.0 - h))).to(dtype)  # (nh,)
 
 
-def rotation_angles(head_dim, device):
+def rotation_angles(head_dim, device, dtype=torch.float32):
     """theta_i = 10000^(-i / (d/2 - 1)), i = 0 .. d/2 - 1 (torchscale: 1 / 10000 ** linspace(0, 1, d/2)). Unlike
     RoPE's 10000^(-2i/d) the slowest pair reaches exactly 1/10000."""
-    return 1.0 / 10000 ** torch.linspace(0, 1, head_dim // 2, device=device)  # (hs/2,)
+    return 1.0 / 10000 ** torch.linspace(0, 1, head_dim // 2, device=device, dtype=dtype)  # (hs/2,)
 
 
 def rotate(x, pos, theta):
     """Q ⊙ Θ with Θ_n = e^{i n theta} (section 2.1): read each interleaved pair (x_2i, x_2i+1) of x (B, nh, T, hs)
     as a complex number and multiply it by e^{i n theta_i}, n = pos (T,). Rotating q and k by their own positions
-    makes q_n . k_m depend on n - m only. Done in float32: angles reach n * theta with n in the thousands."""
+    makes q_n . k_m depend on n - m only. Done in at least float32: angles reach n * theta with n in the thousands."""
     angle = pos[:, None] * theta[None, :]  # (T, hs/2)
     cos, sin = angle.cos(), angle.sin()
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    x1, x2 = upcast(x)[..., 0::2], upcast(x)[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
 
@@ -94,7 +102,7 @@ def decay_mask(T, log_gamma, dtype):
     """D_nm = gamma^(n-m) for n >= m, else 0 (section 2.1), for every head: (nh, T, T). The exponent is clamped
     at 0 before exp, so nothing above the diagonal can overflow before it is zeroed."""
     n = torch.arange(T, device=log_gamma.device)
-    dist = (n[:, None] - n[None, :]).float()  # (T, T): n - m
+    dist = (n[:, None] - n[None, :]).to(log_gamma.dtype)  # (T, T): n - m
     D = torch.exp(dist.clamp(min=0) * log_gamma[:, None, None]) * (dist >= 0)
     return D.to(dtype)
 
@@ -122,12 +130,15 @@ def retention_parallel(q, k, v, log_gamma):
 
 def retention_recurrent(q, k, v, log_gamma, S):
     """Recurrent form (section 2.1): S_n = gamma S_{n-1} + k_n^T v_n, o_n = q_n S_n, one token at a time.
-    S (B, nh, hk, hv) summarises every earlier token: O(1) time and memory per token. Returns (o, S)."""
-    gamma = log_gamma.exp().to(S.dtype)[:, None, None]  # (nh, 1, 1)
+    S (B, nh, hk, hv) summarises every earlier token: O(1) time and memory per token. Returns (o, S). S and gamma
+    stay in at least float32; the products are elementwise, which autocast does not lower to bf16."""
+    S = upcast(S)
+    gamma = log_gamma.exp().to(S.dtype)[:, None, None]  # (nh, 1, 1), < 1 for every head
+    q, k, v = q.to(S.dtype), k.to(S.dtype), v.to(S.dtype)
     out = []
     for t in range(q.size(2)):
         S = gamma * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # (B, nh, hk, hv): decay, then add k_t^T v_t
-        out.append(q[:, :, t, None, :] @ S.to(q.dtype))  # (B, nh, 1, hv)
+        out.append((q[:, :, t, :, None] * S).sum(-2, keepdim=True))  # q_t S_t: (B, nh, 1, hv)
     return torch.cat(out, dim=2), S
 
 
@@ -138,6 +149,8 @@ def retention_chunkwise(q, k, v, log_gamma, chunk_size, S=None):
         R_i   = K_[i]^T (V_[i] ⊙ zeta)  +  gamma^C R_{i-1},            zeta_j = gamma^(C-1-j)
     Every factor is a power of gamma <= 1, so nothing grows with T. The in-chunk parts of all chunks are batched;
     only the cheap state update loops. S (B, nh, hk, hv) is an optional state from earlier tokens (generation).
+    The matmuls run in the dtype of q, k, v (bf16 under autocast: each output is rounded once); R and gamma^C,
+    which compound across chunks, stay in at least float32.
     A length not divisible by C is zero-padded at the end: zero keys and values add nothing, and causality keeps
     the padding out of the real outputs, which are cut back to T."""
     B, nh, T, hk = q.shape
@@ -147,17 +160,18 @@ def retention_chunkwise(q, k, v, log_gamma, chunk_size, S=None):
     pad = N * C - T
     q, k, v = (F.pad(t, (0, 0, 0, pad)).view(B, nh, N, C, t.size(-1)) for t in (q, k, v))  # (B, nh, N, C, h)
 
-    j = torch.arange(C, device=q.device, dtype=torch.float32)
+    j = torch.arange(C, device=q.device, dtype=log_gamma.dtype)
     xi = torch.exp((j + 1) * log_gamma[:, None]).to(q.dtype)[:, None, :, None]  # (nh, 1, C, 1)
     zeta = torch.exp((C - 1 - j) * log_gamma[:, None]).to(q.dtype)[:, None, :, None]  # (nh, 1, C, 1)
-    gamma_C = torch.exp(C * log_gamma)[:, None, None]  # (nh, 1, 1)
+    gamma_C = torch.exp(C * log_gamma)[:, None, None]  # (nh, 1, 1), in log_gamma's dtype (>= float32)
 
     D = decay_mask(C, log_gamma, q.dtype)[:, None]  # (nh, 1, C, C), the same for every chunk
     inner = ((q @ k.transpose(-2, -1)) * D) @ v  # (B, nh, N, C, hv)
     kv = k.transpose(-2, -1) @ (v * zeta)  # (B, nh, N, hk, hv): each chunk's contribution to the state
 
-    # The state sums many decayed chunks: keep it in float32 even when the matmuls run in bf16.
-    R = torch.zeros(B, nh, hk, hv, device=q.device, dtype=torch.float32) if S is None else S
+    # The state sums many decayed chunks: keep it in at least float32 even when the matmuls run in bf16.
+    sdt = torch.promote_types(q.dtype, torch.float32)
+    R = torch.zeros(B, nh, hk, hv, device=q.device, dtype=sdt) if S is None else upcast(S)
     states = []
     for i in range(N):
         states.append(R)  # R_{i-1}: what chunk i sees from before it
@@ -168,9 +182,11 @@ def retention_chunkwise(q, k, v, log_gamma, chunk_size, S=None):
 
 def advance_state(S, k, v, log_gamma):
     """The recurrent state after T more tokens, in closed form: S_T = gamma^T S_0 + sum_m gamma^(T-1-m) k_m^T v_m.
-    Used after a multi-token (prompt) step so that decoding can continue with the recurrent form."""
+    Used after a multi-token (prompt) step so that decoding can continue with the recurrent form. The sum is one
+    matmul in the dtype of k, v; S and gamma^T stay in at least float32."""
+    S = upcast(S)
     T = k.size(2)
-    m = torch.arange(T, device=k.device, dtype=torch.float32)
+    m = torch.arange(T, device=k.device, dtype=log_gamma.dtype)
     w = torch.exp((T - 1 - m) * log_gamma[:, None]).to(v.dtype)[..., None]  # (nh, T, 1)
     return torch.exp(T * log_gamma).to(S.dtype)[:, None, None] * S + k.transpose(-2, -1) @ (v * w)
 
@@ -193,14 +209,15 @@ class MultiScaleRetention(nn.Module):
         self.mode = config.retention_mode
         self.chunk_size = config.chunk_size
         self.eps = config.norm_eps
-        self.state = None  # (B, nh, hk, hv + 1), set by Model.setup_state for generation
+        self.state = None  # (B, nh, hk, hv + 1), at least float32, set by Model.setup_cache for generation
 
     def forward(self, x, start_pos=None):
         B, T, C = x.size()
         pos0 = 0 if start_pos is None else start_pos
-        pos = torch.arange(pos0, pos0 + T, device=x.device, dtype=torch.float32)  # absolute positions (T,)
-        log_gamma = decay_rates(self.n_head, x.device)  # (nh,)
-        theta = rotation_angles(self.head_dim, x.device)  # (hk/2,)
+        sdt = torch.promote_types(self.q_proj.weight.dtype, torch.float32)  # float32, or float64 if .double()
+        pos = torch.arange(pos0, pos0 + T, device=x.device, dtype=sdt)  # absolute positions (T,)
+        log_gamma = decay_rates(self.n_head, x.device, sdt)  # (nh,)
+        theta = rotation_angles(self.head_dim, x.device, sdt)  # (hk/2,)
 
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hk)
         k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hk)
@@ -217,7 +234,7 @@ class MultiScaleRetention(nn.Module):
                 o = retention_parallel(q, k, v, log_gamma)
         else:  # generation: continue from the state
             if self.state is None:
-                raise ValueError("call Model.setup_state(batch_size, device, dtype) before forward(start_pos=...)")
+                raise ValueError("call Model.setup_cache(batch_size, device, dtype) before forward(start_pos=...)")
             if T == 1:  # one new token: the recurrent form
                 o, self.state = retention_recurrent(q, k, v, log_gamma, self.state)
             else:  # a prompt: chunkwise from the state, then the state after it in closed form
@@ -227,7 +244,7 @@ class MultiScaleRetention(nn.Module):
         # Retention score normalisation (section 2.2), identical in all forms, so the forms agree for any eps:
         # D~_nm = D_nm / sqrt(sum_i D_ni) (one factor per row), then R~_nm = R_nm / max(|sum_i R_ni|, 1). The
         # denominator is detached (as torchscale): it is a per-row scale, which the group norm removes anyway.
-        o = o.float() * decay_norm(pos, log_gamma)  # (B, nh, T, hv + 1)
+        o = upcast(o) * decay_norm(pos, log_gamma)  # (B, nh, T, hv + 1)
         o, row_sum = o[..., :-1], o[..., -1:]
         o = o / row_sum.detach().abs().clamp(min=1)
         o = group_norm(o, self.eps).type_as(x)  # (B, nh, T, hv)
@@ -337,7 +354,7 @@ class Model(nn.Module):
 
     def forward(self, idx, targets=None, start_pos=None):
         """start_pos: None for training (the config's retention form over the whole sequence); an int for
-        generation, where idx continues a sequence of start_pos tokens summarised by the state (setup_state)."""
+        generation, where idx continues a sequence of start_pos tokens summarised by the state (setup_cache)."""
         x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C); no position embedding
         for block in self.transformer.h:
             x = block(x, start_pos)
@@ -370,20 +387,31 @@ class Model(nn.Module):
     # ------------------------------------------------------------------------------------------------------------
     # Generate
 
-    def setup_state(self, batch_size, device, dtype):
+    def setup_cache(self, batch_size, device, dtype):
         """A zero state per layer: (B, nh, hk, hv + 1), the last column being the row-sum tracker (see forward).
-        None frees it."""
+        No KV cache takes the compute dtype: the state is in promote_types(weight dtype, float32)."""
+        sdt = torch.promote_types(self.lm_head.weight.dtype, torch.float32)
         for block in self.transformer.h:
             r = block.retention
             shape = (batch_size, r.n_head, r.head_dim, r.v_head_dim + 1)
-            r.state = None if batch_size is None else torch.zeros(shape, device=device, dtype=dtype)
+            r.state = torch.zeros(shape, device=device, dtype=sdt)
+
+    def free_cache(self):
+        for block in self.transformer.h:
+            block.retention.state = None
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens. The prompt is run once (chunkwise form) and leaves one state
-        matrix per head per layer; each further token is one recurrent step from that state: constant time and
-        memory per token, for any length (no block_size limit)."""
-        self.setup_state(idx.size(0), idx.device, self.lm_head.weight.dtype)
+        """Extend idx (B, T) by max_new_tokens; greedy at temperature 0. The whole prompt (no length limit, so
+        none is cut) is run once, chunkwise, and leaves one state matrix per head per layer; each further token is
+        one recurrent step: constant time and memory per token. The state is freed before returning. Bad arguments
+        raise ValueError (check_generate_args)."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
+        dev = idx.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
+        self.setup_cache(idx.size(0), idx.device, dtype)
         logits, _ = self(idx, start_pos=0)
         pos = idx.size(1)
         for i in range(max_new_tokens):
@@ -393,7 +421,7 @@ class Model(nn.Module):
                 break
             logits, _ = self(idx_next, start_pos=pos)
             pos += 1
-        self.setup_state(None, None, None)  # free the state
+        self.free_cache()
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
@@ -404,6 +432,20 @@ class Model(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """Raise ValueError, naming the argument, before any work is done."""
+    if idx.size(1) == 0:
+        raise ValueError("idx is an empty prompt: generate needs at least one token to condition on")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k ({top_k}) must be None or an int >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p ({top_p}) must be None or in (0, 1]")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -29,11 +29,13 @@ How a language-model training block becomes a sequence-to-sequence pair (this is
 Loss: with label smoothing (Config.label_smoothing, section 5.4) in training mode only; in eval mode (model.eval(),
 as train.py evaluates) the loss is the plain cross-entropy, comparable with every other model's loss.
 
-Generation: the last S tokens of the prompt (all of it if shorter) are encoded once; the decoder starts from the
-prompt's last token and runs one token per step with a self-attention KV cache, the cross-attention keys/values
-being computed once per source. The decoder saw at most block_size - S + 1 positions in training; when its cache
-is full, the most recent S tokens become a new source (encoded once) and the decoder restarts from the last token,
-so the extra cost is one encoder pass every block_size - S new tokens.
+Generation computes what forward computes on a window of the sequence: the window is the prompt's last block_size
+tokens (all of it if shorter); its first s = min(S, window length) tokens are the source, encoded once (and
+projected once to cross-attention keys/values), and window[:, s-1:] fills the decoder's self-attention KV cache in
+one pass. Then one token per step from the cache. The decoder saw at most block_size - S + 1 positions in
+training; when its cache is full, the most recent max(S, block_size // 2) tokens become the new window (source
+re-encoded, decoder re-prefilled), so the extra cost is one encoder pass and one prefill per ~block_size // 2
+new tokens.
 
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
 Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token().
@@ -108,7 +110,7 @@ class MultiHeadAttention(nn.Module):
         self.w_k = nn.Linear(C, C)
         self.w_v = nn.Linear(C, C)
         self.w_o = nn.Linear(C, C)
-        self.cache_k = self.cache_v = None  # decoder self-attention cache, set by Model.setup_cache
+        self.cache_k = self.cache_v = None  # decoder self-attention cache (compute dtype), set by Model.setup_cache
         self.memory_k = self.memory_v = None  # cross-attention keys/values of the current source, set by cache_memory
 
     def forward(self, x, memory=None, start_pos=None):
@@ -351,11 +353,17 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
-        """Allocate the decoder self-attention KV caches (batch_size 0 frees them) and drop any cached source."""
+        """Allocate the decoder self-attention KV caches of max_decoder_len positions (dtype = the compute dtype)
+        and drop any cached source."""
         shape = (batch_size, self.config.n_head, self.max_decoder_len, self.config.d_model // self.config.n_head)
         for layer in self.decoder:
             layer.self_attn.cache_k = torch.zeros(shape, device=device, dtype=dtype)
             layer.self_attn.cache_v = torch.zeros(shape, device=device, dtype=dtype)
+            layer.cross_attn.cache_memory(None)
+
+    def free_cache(self):
+        for layer in self.decoder:
+            layer.self_attn.cache_k = layer.self_attn.cache_v = None
             layer.cross_attn.cache_memory(None)
 
     def cache_memory(self, memory):
@@ -363,29 +371,61 @@ class Model(nn.Module):
         for layer in self.decoder:
             layer.cross_attn.cache_memory(memory)
 
+    def prefill(self, window):
+        """Start from a window (B, W) of the sequence as forward reads it: the first s = min(src_len, W) tokens are
+        the source, encoded once; window[:, s-1:] fills the decoder cache. Returns the last position's logits
+        (B, 1, V) and the number of decoder positions now cached."""
+        s = min(self.config.src_len, window.size(1))
+        self.cache_memory(self.encode(window[:, :s]))
+        tgt = window[:, s - 1:]
+        return self.lm_head(self.decode(tgt, start_pos=0)[:, -1:]), tgt.size(1)
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens (T >= 1). Each step feeds only the newest token to the decoder.
-        A source is the most recent src_len tokens (fewer if the prompt is shorter); the decoder starts from the
-        last token with an empty cache. After max_decoder_len decoder positions (the most it saw in training) the
-        next step takes a new source the same way, so generation runs past block_size at constant amortised
-        cost: one encoder pass every block_size - src_len tokens."""
-        self.setup_cache(idx.size(0), idx.device, self.lm_head.weight.dtype)
-        pos = self.max_decoder_len  # forces a fresh source on the first step
-        for _ in range(max_new_tokens):
-            if pos == self.max_decoder_len:
-                self.cache_memory(self.encode(idx[:, -self.config.src_len:]))
-                pos = 0
-            logits = self.lm_head(self.decode(idx[:, -1:], start_pos=pos))  # (B, 1, V)
-            pos += 1
+        """Extend idx (B, T) by max_new_tokens; greedy at temperature 0. The prompt's last block_size tokens are
+        prefilled as forward would read them (source encoded once, the rest into the decoder cache), then each
+        step feeds only the newest token to the decoder. When the decoder cache is full (max_decoder_len, the
+        most it saw in training) the most recent max(src_len, block_size // 2) tokens are prefilled the same way,
+        so generation runs past block_size at constant amortised cost. The caches are freed before returning.
+        Bad arguments raise ValueError (check_generate_args)."""
+        check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        if max_new_tokens == 0:
+            return idx
+        dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
+        self.setup_cache(idx.size(0), idx.device, dtype)
+        keep = max(self.config.src_len, self.config.block_size // 2)
+        logits, pos = self.prefill(idx[:, -self.config.block_size:])  # the whole prompt if it fits
+        for i in range(max_new_tokens):
             idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)
-        self.setup_cache(0, idx.device, self.lm_head.weight.dtype)  # free the caches
+            if i == max_new_tokens - 1:
+                break
+            if pos == self.max_decoder_len:  # decoder cache full: a new window from the most recent tokens
+                logits, pos = self.prefill(idx[:, -keep:])
+            else:
+                logits = self.lm_head(self.decode(idx_next, start_pos=pos))  # (B, 1, V)
+                pos += 1
+        self.free_cache()
         return idx
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
+
+
+def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    """Raise ValueError, naming the argument, before any work is done."""
+    if idx.size(1) == 0:
+        raise ValueError("idx is an empty prompt: generate needs at least one token to condition on")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k ({top_k}) must be None or an int >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p ({top_p}) must be None or in (0, 1]")
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
