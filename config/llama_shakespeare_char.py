@@ -21,7 +21,7 @@ n_embd = 128
 # Full multi-head attention: with 4 heads of 32 dims and a 64-token context the KV cache is tiny, so sharing
 # key/value heads (GQA) would save almost nothing here and costs a little quality. config/llama_125m.py uses GQA.
 n_kv_head = 4
-multiple_of = 8
+ffn_hidden = 344  # int(8/3 * 128) = 341 rounded up to a multiple of 8
 tie_embeddings = False  # as Llama; the 65-character table is negligible either way
 dropout = 0.0
 

@@ -26,7 +26,7 @@ n_layer = 2
 n_head = 4  # head size 16
 n_kv_head = 4
 n_embd = 64
-multiple_of = 8  # SwiGLU hidden 176
+ffn_hidden = 176  # SwiGLU hidden: int(8/3 * 64) = 170 rounded up to a multiple of 8
 tie_embeddings = False
 dropout = 0.0
 

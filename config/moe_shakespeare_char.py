@@ -3,10 +3,10 @@
 #     python train.py config/moe_shakespeare_char.py
 # The sizes are config/llama_shakespeare_char.py's, with each SwiGLU feed-forward (hidden 344) replaced by 8 experts
 # of the same size, top-2 routing as Mixtral: 4.5M parameters, 1.3M active per token (the dense Llama: 0.8M).
-# The same sizes also make the sparse-upcycling path work unchanged:
+# The same sizes also make sparse upcycling work unchanged (every expert starts as a copy of the dense FFN):
 #     python train.py config/llama_shakespeare_char.py
-#     python -m models.moe --upcycle out/llama_shakespeare_char/ckpt.pt out/moe_upcycled.pt --n_expert 8 --top_k 2
-#     python train.py config/moe_shakespeare_char.py --init_from=out/moe_upcycled.pt --out_dir=out/moe_upcycled
+#     python train.py config/moe_shakespeare_char.py --init_from=out/llama_shakespeare_char/ckpt.pt \
+#         --out_dir=out/moe_upcycled
 model = 'moe'
 dataset = 'shakespeare_char'
 out_dir = 'out/moe_shakespeare_char'
@@ -21,7 +21,7 @@ n_layer = 4
 n_head = 4
 n_embd = 128
 n_kv_head = 4
-multiple_of = 8
+ffn_hidden = 344  # as config/llama_shakespeare_char.py
 tie_embeddings = False
 dropout = 0.0
 

@@ -19,7 +19,7 @@ What changed since the previous generation (GPT-2, models/gpt2.py):
   shrinks by n_head / n_kv_head.
 - No biases anywhere; input and output embeddings untied in Llama (tie_embeddings=True ties them, as small models do).
 - Optional (Mistral): each token attends to the last sliding_window tokens only, so generation runs on a
-  fixed-size rolling cache however long it goes.
+  fixed-size rolling cache however long it goes (full attention is the same cache, one that never wraps).
 
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
 Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token().
@@ -118,10 +118,8 @@ class Attention(nn.Module):
                 mask = sliding_window_mask(T, self.window, x.device)  # SDPA's memory-efficient kernel on CUDA
             else:
                 causal = True  # flash attention on CUDA
-        elif self.window is None:
-            k, v, mask = self.cache_append(k, v, start_pos)
         else:
-            k, v, mask = self.cache_roll(k, v, start_pos)
+            k, v, mask = self.cache_update(k, v, start_pos)
         # GQA: query head j reads kv head j // n_rep. The cache keeps n_kv_head heads; the copy is a temporary.
         if self.n_rep > 1:  # (plain multi-head attention needs no copy)
             k = k.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
@@ -130,40 +128,27 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side
         return self.resid_dropout(self.wo(y))
 
-    def cache_append(self, k, v, start_pos):
-        """Full-context cache of block_size slots: write the new keys at their positions, attend over all so far.
-        One new query may see the whole cache, so no mask (`is_causal=True` would align the triangle top-left);
-        a multi-token chunk needs the causal mask shifted by start_pos."""
+    def cache_update(self, k, v, start_pos):
+        """One cache of L slots, position p in slot p % L; returns the keys/values to attend over and the mask. Full
+        attention (L = block_size) never wraps (forward refuses positions past block_size, generate refills first):
+        slot = position. Sliding window (L = window, Mistral's rolling cache): a new token at p overwrites the key of
+        p - L, exactly the one that just left its window, so the filled slots are precisely the keys it may see, in
+        an order that does not matter (softmax attention sums over a set; RoPE put the positions into the keys)."""
         B, _, T, _ = k.size()
-        end = start_pos + T
-        self.cache_k[:B, :, start_pos:end] = k
-        self.cache_v[:B, :, start_pos:end] = v
-        mask = None
-        if T > 1:
-            mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start_pos)
-        return self.cache_k[:B, :, :end], self.cache_v[:B, :, :end], mask
-
-    def cache_roll(self, k, v, start_pos):
-        """Rolling cache of `window` slots (Mistral): position p lives in slot p % window. A new token at p overwrites
-        the key of p - window, exactly the one that just left its window, so after writing, the filled slots are
-        precisely the keys it may see. Their order in the cache does not matter: softmax attention is a weighted
-        sum over a set, and RoPE has already put the positions into the keys."""
-        B, _, T, _ = k.size()
-        W = self.window
-        if T == 1:
-            slot = start_pos % W
-            self.cache_k[:B, :, slot:slot + 1] = k
-            self.cache_v[:B, :, slot:slot + 1] = v
-            n = min(start_pos + 1, W)  # slots filled so far
-            return self.cache_k[:B, :, :n], self.cache_v[:B, :, :n], None
-        if start_pos != 0:
-            raise ValueError("a rolling (sliding-window) cache takes a prompt at start_pos=0, then one token per step")
-        # Prefill: attend within the chunk under the window mask, then keep its last W keys in their slots.
-        m = min(T, W)
-        slots = torch.arange(T - m, T, device=k.device) % W
-        self.cache_k[:B, :, slots] = k[:, :, T - m:]
-        self.cache_v[:B, :, slots] = v[:, :, T - m:]
-        return k, v, sliding_window_mask(T, W, k.device)
+        L, end = self.cache_k.size(2), start_pos + T
+        if T > 1 and end > L:  # a prompt longer than the window: attend within it, then keep its last L keys
+            if start_pos != 0:
+                raise ValueError("a rolling (sliding-window) cache takes a long prompt at start_pos=0 only")
+            slots = torch.arange(T - L, T, device=k.device) % L
+            self.cache_k[:B, :, slots], self.cache_v[:B, :, slots] = k[:, :, -L:], v[:, :, -L:]
+            return k, v, sliding_window_mask(T, self.window, k.device)
+        slot = start_pos % L  # (a chunk, T > 1, does not wrap here: slot = start_pos)
+        self.cache_k[:B, :, slot:slot + T], self.cache_v[:B, :, slot:slot + T] = k, v
+        # One new query may see every filled slot, so no mask (`is_causal=True` would align the triangle top-left).
+        # A chunk needs the causal mask shifted by start_pos; it spans at most L <= window positions.
+        mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start_pos) if T > 1 else None
+        n = min(end, L)  # slots filled so far
+        return self.cache_k[:B, :, :n], self.cache_v[:B, :, :n], mask
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,15 +156,11 @@ class Attention(nn.Module):
 
 
 def ffn_hidden_dim(config):
-    """The Llama reference's rule: 2/3 of GPT's 4 * n_embd (three matrices instead of two keep the parameter count),
-    optionally scaled by ffn_dim_multiplier, rounded up to a multiple of multiple_of (friendly matmul shapes).
-    ffn_hidden, when set, overrides the rule."""
+    """ffn_hidden if set, else the Llama reference's rule: int(8 * n_embd / 3), 2/3 of GPT's 4 * n_embd as three
+    matrices replace two (same parameter count), rounded up to a multiple of 256 (friendly matmul shapes)."""
     if config.ffn_hidden is not None:
         return config.ffn_hidden
-    hidden = int(2 * 4 * config.n_embd / 3)
-    if config.ffn_dim_multiplier is not None:
-        hidden = int(config.ffn_dim_multiplier * hidden)
-    return config.multiple_of * ((hidden + config.multiple_of - 1) // config.multiple_of)
+    return (int(8 * config.n_embd / 3) + 255) // 256 * 256
 
 
 class FeedForward(nn.Module):
@@ -227,9 +208,7 @@ class Config:
     n_head: int = 12
     n_kv_head: int = 4  # key/value heads: n_head = multi-head, 1 = multi-query, in between = grouped-query
     n_embd: int = 768
-    multiple_of: int = 256  # SwiGLU hidden size rounding (Llama reference)
-    ffn_dim_multiplier: float = None  # optional scale on the 8/3 * n_embd hidden size (Llama reference)
-    ffn_hidden: int = None  # set to choose the SwiGLU hidden size directly (overrides the two above)
+    ffn_hidden: int = None  # SwiGLU hidden size; None = int(8 * n_embd / 3) rounded up to a multiple of 256
     norm_eps: float = 1e-5  # Llama 2's RMSNorm epsilon
     rope_theta: float = 10000.0  # RoPE base: larger = slower rotations = longer reach (Llama 3 uses 500000)
     sliding_window: int = None  # None = full causal attention; an int W = Mistral: each token sees the last W
@@ -334,7 +313,8 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
-        """KV caches in the compute dtype: block_size positions, or a rolling sliding_window slots (Mistral)."""
+        """KV caches in the compute dtype, of block_size slots, or sliding_window slots (Attention.cache_update). A
+        window wider than block_size keeps them all: past block_size a token still sees the last sliding_window."""
         cfg = self.config
         cache_len = cfg.block_size if cfg.sliding_window is None else cfg.sliding_window
         shape = (batch_size, cfg.n_kv_head, cache_len, cfg.n_embd // cfg.n_head)
@@ -350,12 +330,11 @@ class Model(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
         """Extend idx (B, T) by max_new_tokens (greedy at temperature 0; bad arguments raise ValueError). The prompt
         fills the KV cache once, then each step feeds only the newest token; the cache is freed on return.
-        - Full attention (bounded): block_size cached positions. A longer prompt is prefilled with its last block_size
-          tokens; when the cache fills during generation it is refilled once from the most recent block_size // 2
-          tokens (at positions 0..), so the cost per token stays constant.
-        - Sliding window (Mistral, unbounded): a rolling cache of sliding_window slots, positions counting on past
-          block_size (RoPE computed on the fly); every step equals a full forward over the whole sequence, prompt
-          included (its first block_size tokens prefilled at once, the rest fed one at a time)."""
+        - Full attention (bounded): a longer prompt is prefilled with its last block_size tokens; when the cache fills
+          during generation it is refilled once from the most recent block_size // 2 tokens (at positions 0..).
+        - Sliding window (Mistral, unbounded): the rolling cache, positions counting on past block_size (RoPE computed
+          on the fly); every step equals a full forward over the whole sequence, prompt included (its first
+          block_size tokens prefilled at once, the rest fed one at a time)."""
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
         if max_new_tokens == 0:
             return idx
@@ -363,8 +342,7 @@ class Model(nn.Module):
         dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.output.weight.dtype
         self.setup_cache(idx.size(0), idx.device, dtype)
-        keep = cfg.block_size // 2
-        window = cfg.sliding_window is not None
+        keep, window = cfg.block_size // 2, cfg.sliding_window is not None
         context = idx[:, :cfg.block_size] if window else idx[:, -cfg.block_size:]  # the whole prompt if it fits
         logits, _ = self(context, start_pos=0)
         pos = context.size(1)

@@ -22,20 +22,18 @@ What changed since the previous generation (Llama, models/llama.py):
   experts busy) and the ST-MoE router z-loss mean(logsumexp(logits)^2) (keeps router logits small and stable).
 - capacity_factor: Switch/GShard token dropping in training (an expert takes at most capacity tokens per sequence;
   the overflow skips the feed-forward and rides the residual); None = dropless, as Mixtral. Always dropless in eval.
-- Sparse upcycling: upcycle_from_dense() turns a trained models/llama.py checkpoint into this model (every expert
-  a copy of the dense FFN), and `python -m models.moe --upcycle IN OUT` does it for a checkpoint file.
+- Sparse upcycling: Model.adapt_state_dict turns a trained models/llama.py checkpoint into this model (every expert
+  a copy of the dense FFN): `train.py --init_from=out/llama/ckpt.pt` with a moe config upcycles.
 - Left out from models/llama.py to keep the file about experts: the sliding window and gradient checkpointing.
+Read MoE.experts_loop first: the experts' plain definition; MoE.experts_grouped is the fast version of it.
 
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
-Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache (setup_cache / free_cache),
-Model.flops_per_token().
-Model.stats holds the router losses, dropped tokens and (at eval) each layer's expert load after every forward.
+Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token(); optional:
+Model.stats (router losses, dropped tokens, expert load), Model.adapt_state_dict, Model.from_hf_state_dict / to_hf.
 """
 
 import math
-import os
-import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -134,14 +132,11 @@ class Attention(nn.Module):
 
 
 def ffn_hidden_dim(config):
-    """Llama's rule for the SwiGLU hidden size (the same for the dense FFN and for every expert, as in Mixtral):
-    2/3 of 4 * n_embd, optionally times ffn_dim_multiplier, rounded up to multiple_of; ffn_hidden overrides it."""
+    """The SwiGLU hidden size, the same for the dense FFN and for every expert (as in Mixtral): ffn_hidden if set,
+    else Llama's rule: int(8 * n_embd / 3) (2/3 of GPT's 4 * n_embd) rounded up to a multiple of 256."""
     if config.ffn_hidden is not None:
         return config.ffn_hidden
-    hidden = int(2 * 4 * config.n_embd / 3)
-    if config.ffn_dim_multiplier is not None:
-        hidden = int(config.ffn_dim_multiplier * hidden)
-    return config.multiple_of * ((hidden + config.multiple_of - 1) // config.multiple_of)
+    return (int(8 * config.n_embd / 3) + 255) // 256 * 256
 
 
 def is_moe_layer(i, config):
@@ -246,22 +241,18 @@ class MoE(nn.Module):
         return self.experts_grouped(x, experts, keep)
 
     def experts_loop(self, x, experts, keep):
-        """experts_forward as one SwiGLU per expert that received tokens, on exactly those rows: the cost follows
-        the N*k assignments, not the padded buffer. Which experts to run is read on the host (one sync)."""
+        """Read this one first: the layer's definition, plainly. Each expert runs its SwiGLU on the tokens routed to
+        it and its outputs go back to their (token, choice) places; dropped assignments stay 0. experts_grouped is
+        the fast version of the same function. Here the cost follows the N*k assignments, not a padded buffer (so
+        decoding uses it), but the host reads which experts received tokens and their rows (a sync for each)."""
         N, C = x.shape
-        e = torch.where(keep, experts, self.n_expert).view(-1)  # (N*k,) dropped assignments to a dummy expert E
-        order = e.argsort(stable=True)  # assignments grouped by expert, dropped ones last
-        counts = torch.bincount(e, minlength=self.n_expert + 1).tolist()  # host sync
         dtype = compute_dtype(x)
-        xs = x.to(dtype)[order // self.top_k]  # (N*k, C) tokens grouped by expert
-        ys, start = [], 0
-        for i, n in enumerate(counts[:-1]):
-            if n:
-                xi, w1, w2, w3 = xs[start:start + n], self.w1[i].to(dtype), self.w2[i].to(dtype), self.w3[i].to(dtype)
-                ys.append(F.linear(F.silu(F.linear(xi, w1)) * F.linear(xi, w3), w2))  # (n, C)
-            start += n
-        ys.append(xs.new_zeros(counts[-1], C))  # dropped: 0, as in the grouped path
-        return torch.cat(ys)[order.argsort()].view(N, self.top_k, C)  # back to (token, choice) order
+        x, y = x.to(dtype), x.new_zeros(N, self.top_k, C, dtype=dtype)  # (N, k, C)
+        for e in experts[keep].unique().tolist():  # the experts that received tokens
+            token, choice = torch.where((experts == e) & keep)  # its assignments, (n,) each
+            h = F.silu(F.linear(x[token], self.w1[e].to(dtype))) * F.linear(x[token], self.w3[e].to(dtype))  # (n, H)
+            y[token, choice] = F.linear(h, self.w2[e].to(dtype))  # (n, C)
+        return y
 
     def experts_grouped(self, x, experts, keep):
         """No Python loop over tokens or experts: the N*k (token, expert) assignments are written into one buffer,
@@ -341,9 +332,7 @@ class Config:
     n_head: int = 12
     n_kv_head: int = 4  # key/value heads: n_head = multi-head, 1 = multi-query, in between = grouped-query
     n_embd: int = 768
-    multiple_of: int = 256  # SwiGLU hidden size rounding (Llama reference)
-    ffn_dim_multiplier: float = None  # optional scale on the 8/3 * n_embd hidden size (Llama reference)
-    ffn_hidden: int = None  # the SwiGLU hidden size of each expert (and dense FFN), overriding the two above
+    ffn_hidden: int = None  # each expert's (and dense FFN's) SwiGLU hidden size; None = Llama's rule (ffn_hidden_dim)
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     tie_embeddings: bool = True  # as models/llama.py, so its checkpoints upcycle unchanged (Mixtral unties them)
@@ -525,6 +514,31 @@ class Model(nn.Module):
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
+    # Starting from another model file's checkpoint (train.py --init_from, when its model_name is not 'moe')
+
+    def adapt_state_dict(self, state_dict, source_model, source_config):
+        """A state dict for this model from the weights of a models/{source_model}.py checkpoint (keys as its Model
+        names them; source_config: that checkpoint's Config as a dict), or a ValueError saying what differs and what
+        to do. From 'llama': sparse upcycling (upcycle_from_dense) if the settings the two files share match; the
+        hidden size is read from the dense weights, as a checkpoint's config may predate ffn_hidden."""
+        if source_model != "llama":
+            raise ValueError(f"models/moe.py starts only from a models/llama.py checkpoint (sparse upcycling), not "
+                             f"models/{source_model}.py: train from scratch or upcycle a llama checkpoint")
+        if source_config.get("sliding_window") is not None:
+            raise ValueError(f"the llama checkpoint uses sliding_window={source_config['sliding_window']}, which "
+                             f"models/moe.py does not have: upcycle a full-attention llama checkpoint")
+        keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "block_size", "norm_eps", "rope_theta",
+                "tie_embeddings")
+        theirs, ours = {k: source_config.get(k) for k in keys}, {k: getattr(self.config, k) for k in keys}
+        w1 = state_dict.get("layers.0.feed_forward.w1.weight")  # (hidden, n_embd)
+        theirs["ffn_hidden"], ours["ffn_hidden"] = None if w1 is None else w1.size(0), ffn_hidden_dim(self.config)
+        diff = ", ".join(f"{k}={theirs[k]!r} (checkpoint) vs {ours[k]!r}" for k in ours if theirs[k] != ours[k])
+        if diff:
+            raise ValueError(f"the llama checkpoint and this moe config differ in settings they share ({diff}): set "
+                             f"the moe config's to the checkpoint's values")
+        return upcycle_from_dense(state_dict, self.config)
+
+    # ------------------------------------------------------------------------------------------------------------
     # Hugging Face weights (transformers' MixtralForCausalLM, v5 layout): pure renaming, no transformers import here.
     # Mixtral stores each layer's experts fused: gate_up_proj (E, 2H, C) = [w1; w3] and down_proj (E, C, H) = w2.
 
@@ -572,20 +586,17 @@ class Model(nn.Module):
                       sliding_window=None, num_local_experts=cfg.n_expert, num_experts_per_tok=cfg.top_k,
                       router_aux_loss_coef=cfg.aux_loss_coef, router_jitter_noise=0.0,
                       bos_token_id=None, eos_token_id=None)
-        top = {v: k for k, v in self._hf_top.items()}
-        layer = {v: k for k, v in self._hf_layer.items()}
+        top, layer = {v: k for k, v in self._hf_top.items()}, {v: k for k, v in self._hf_layer.items()}
         sd = {}
         for k, v in self.state_dict().items():
             if k in top:
                 sd[top[k]] = v
                 continue
             _, i, rest = k.split(".", 2)  # layers.{i}.{rest}
-            if rest == "feed_forward.w1":  # fused with w3 below
-                continue
-            if rest == "feed_forward.w3":
+            if rest == "feed_forward.w3":  # w1 is fused with it
                 sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat(
                     [self.layers[int(i)].feed_forward.w1.detach(), v], dim=1)
-            else:
+            elif rest != "feed_forward.w1":
                 sd[f"model.layers.{i}.{layer[rest]}"] = v
         return "MixtralConfig", kwargs, "MixtralForCausalLM", sd
 
@@ -621,66 +632,6 @@ def upcycle_from_dense(dense_state_dict, config, router_std=0.002, seed=0):
     return sd
 
 
-USAGE = ("usage: python -m models.moe --upcycle IN_CKPT OUT_CKPT [--n_expert N] [--top_k K] [--moe_every M] "
-         "[--router mixtral|switch]: sparse upcycling of a models/llama.py checkpoint into a models/moe.py one "
-         "(each expert a copy of the dense FFN)")
-
-
-def parse_args(argv):
-    """--upcycle IN OUT plus optional --key value / --key=value for the MoE's own fields. (A few lines by hand keep
-    this file to torch and the standard library's basics.)"""
-    opts = {"upcycle": None, "n_expert": Config.n_expert, "top_k": Config.top_k, "moe_every": Config.moe_every,
-            "router": Config.router}
-    args = list(argv)
-    try:
-        while args:
-            key, eq, val = args.pop(0).removeprefix("--").partition("=")
-            if key == "upcycle":
-                opts[key] = (args.pop(0), args.pop(0))
-            elif key in opts:
-                val = val if eq else args.pop(0)
-                opts[key] = val if key == "router" else int(val)
-            else:
-                raise ValueError(key)
-    except (IndexError, ValueError):
-        sys.exit(f"error: cannot read the arguments {' '.join(argv)!r}; {USAGE}")
-    if opts["upcycle"] is None or opts["router"] not in ("mixtral", "switch"):
-        sys.exit(f"error: {USAGE}")
-    return opts
-
-
-def main(argv):
-    """python -m models.moe --upcycle IN_CKPT OUT_CKPT [--n_expert 8 --top_k 2 --moe_every 1 --router mixtral]"""
-    opts = parse_args(argv)
-    src, dst = opts["upcycle"]
-    if os.path.isdir(src):
-        src = os.path.join(src, "ckpt.pt")
-    try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing, truncated, or not loadable with weights_only
-        sys.exit(f"error: cannot read {src}: {str(e).splitlines()[0][:160]}")
-    if not isinstance(ckpt, dict) or ckpt.get("model_name") != "llama" or "model_config" not in ckpt:
-        sys.exit(f"error: {src} is not a models/llama.py checkpoint (model_name 'llama' written by train.py)")
-    if ckpt["model_config"].get("sliding_window") is not None:
-        sys.exit("error: the dense model uses a sliding window, which models/moe.py does not have")
-    ours = {f.name for f in fields(Config)}
-    shared = {k: v for k, v in ckpt["model_config"].items() if k in ours}
-    try:
-        config = Config(**{**shared, **{k: v for k, v in opts.items() if k != "upcycle"}})
-        sd = upcycle_from_dense(ckpt["model"], config)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    tmp = f"{dst}.tmp"  # write, then rename: an interrupted run never leaves a half-written checkpoint
-    torch.save({"model": sd, "model_name": "moe", "model_config": asdict(config), "iter_num": 0}, tmp)
-    os.replace(tmp, dst)
-    overrides = " ".join(f"--{k}={v!r}" if isinstance(v, str) else f"--{k}={v}"
-                         for k, v in asdict(config).items() if v != getattr(Config, k))
-    n = sum(v.numel() for k, v in sd.items() if not (config.tie_embeddings and k == "output.weight"))
-    print(f"wrote {dst}: {n / 1e6:.2f}M parameters "
-          f"({config.n_expert} experts, top-{config.top_k}). Continue training with the same sizes, e.g.\n"
-          f"  python train.py config/moe_shakespeare_char.py --init_from={dst} {overrides}")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Sampling
 
@@ -713,7 +664,3 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         logits = torch.full_like(logits, -float("inf")).scatter(-1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

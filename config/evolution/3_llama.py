@@ -19,7 +19,7 @@ n_layer = 4
 n_head = 4
 n_kv_head = 4  # full multi-head, so the parameter count matches GPT-2's
 n_embd = 128
-multiple_of = 8  # SwiGLU hidden 344: 3 * 128 * 344 ~ GPT-2's 8 * 128^2
+ffn_hidden = 344  # int(8/3 * 128) rounded up to a multiple of 8: 3 * 128 * 344 ~ GPT-2's 8 * 128^2
 tie_embeddings = True
 # Tuned by a sweep of 60-second runs (one thread each, min_lr = lr / 10), final val loss:
 # 5e-4: 1.812, 1e-3: 1.762, 2e-3: 1.767, 4e-3: 1.787, 8e-3: 1.881
