@@ -8,8 +8,8 @@ file works unchanged.
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
     python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
 
-Model settings come from the config file and --key=value, as for train.py (training-only keys are accepted and
-ignored). Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
+Model settings come from the config file and --key=value, as for train.py. The training settings a config file
+holds are left out (with a note); given on the command line they are an error, since they would change nothing. Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
 to bench/results.jsonl with the device, torch version, config and date.
 """
 
@@ -17,21 +17,26 @@ import dataclasses
 import datetime
 import json
 import os
-import math
-import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from common import build_model, device_name, die, parse_config, peak_flops, pick_device, pick_dtype
+from common import die
+from common.data import load_meta
+from common.devices import autocast_for, device_name, peak_flops, pick_device, pick_dtype
+from common.settings import build_model, parse_config
+from common.study import compare
 from train import DEFAULTS as TRAIN_DEFAULTS
 
 DEFAULTS = {
-    **TRAIN_DEFAULTS,
+    "model": "gpt2",  # module name under models/
+    "dataset": "shakespeare_char",  # only its vocabulary size is used (when data/<dataset>/meta.json exists)
+    "batch_size": 12,  # sequences per training step
+    "device": "auto",
+    "seed": 1337,
     "modes": "train,infer,scaling",  # any of train (throughput, MFU, memory), infer (prefill/decode), scaling (vs T)
     "dtypes": "auto",  # comma-separated; 'auto': float32 plus the device's autocast dtype (bf16 on CPU/CUDA)
     "compile": False,  # torch.compile the training step (the decode loop stays eager)
@@ -242,96 +247,8 @@ def ratios(rows, key):
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# --compare: train several configs with train.py on the same data and budget, then one table and one plot
-
-
-def at_tokens(log, n):
-    """Val loss at n training tokens, interpolated linearly between the evaluations around it."""
-    for a, b in zip(log, log[1:]):
-        if a["tokens"] <= n <= b["tokens"]:
-            w = (n - a["tokens"]) / max(1, b["tokens"] - a["tokens"])
-            return a["val_loss"] + w * (b["val_loss"] - a["val_loss"])
-    return log[-1]["val_loss"]
-
-
-def compare(argv):
-    """argv: config files, then --key=value for every train.py run, plus --out=PREFIX and --target_loss=X."""
-    configs = [a for a in argv if not a.startswith("--")]
-    own = {"--out": "bench/evolution", "--target_loss": None}
-    overrides = []
-    for a in argv:
-        key, _, val = a.partition("=")
-        if key in own:
-            own[key] = val
-        elif a.startswith("--"):
-            overrides.append(a)
-    if not configs:
-        die("--compare needs config files, e.g. python bench.py --compare config/evolution/*.py")
-    runs = []
-    for path in configs:
-        name = os.path.splitext(os.path.basename(path))[0]
-        out_dir = os.path.join("out", "compare", name)
-        log_path = os.path.join(out_dir, "log.jsonl")
-        if os.path.exists(log_path):
-            os.remove(log_path)
-        print(f"== {path}", flush=True)
-        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"), path, *overrides,
-               f"--out_dir={out_dir}", "--sample_tokens=0"]
-        if subprocess.run(cmd).returncode != 0:
-            die(f"training {path} failed (its error is above)")
-        with open(log_path) as f:
-            head, *log = [json.loads(line) for line in f]
-        runs.append(dict(name=name, **head, log=log))
-    target = float(own["--target_loss"]) if own["--target_loss"] else math.ceil(100 * max(
-        r["log"][-1]["val_loss"] for r in runs)) / 100  # the worst final loss, so every model reaches it
-    n_common = min(r["log"][-1]["tokens"] for r in runs)
-    rows = []
-    for r in runs:
-        last = r["log"][-1]
-        hit = next((e for e in r["log"] if e["val_loss"] <= target), None)
-        rows.append([r["name"], r["model"], f"{r['params'] / 1e6:.2f}M", f"{last['tokens'] / last['time']:,.0f}",
-                     f"{max(e['peak_mem_mb'] for e in r['log']):,.0f}", f"{last['time']:.0f}",
-                     f"{last['tokens'] / 1e6:.2f}M", f"{last['val_loss']:.4f}", f"{math.exp(last['val_loss']):.2f}",
-                     f"{at_tokens(r['log'], n_common):.4f}", f"{hit['time']:.0f}" if hit else "-"])
-    header = ["config", "model", "params", "tokens/s", "peak MiB", "train s", "tokens", "val loss", "val ppl",
-              f"val loss @ {n_common / 1e6:.2f}M tokens", f"s to val {target:.2f}"]
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                      ["| " + " | ".join(row) + " |" for row in rows])
-    os.makedirs(os.path.dirname(own["--out"]) or ".", exist_ok=True)
-    with open(own["--out"] + ".md", "w") as f:
-        f.write(f"{table}\n\nCommand: `python bench.py --compare {' '.join(argv)}`; {runs[0]['device']}, "
-                f"torch {torch.__version__}, {datetime.date.today()}.\n")
-    print("\n" + table + f"\n\nwrote {own['--out']}.md")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
-        return rows
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in runs:
-        for ax, key in zip(axes, ("time", "tokens")):
-            ax.plot([e[key] for e in r["log"]], [e["val_loss"] for e in r["log"]], marker=".", label=r["name"])
-    for ax, label in zip(axes, ("training seconds (evaluation excluded)", "training tokens")):
-        ax.set_xlabel(label)
-        ax.set_ylabel("val loss")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"every generation on the same data and budget ({runs[0]['device']})")
-    fig.tight_layout()
-    fig.savefig(own["--out"] + ".png", dpi=120)
-    print(f"wrote {own['--out']}.png")
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------------------------
-
-
 def main(argv):
-    cfg, module, model_kwargs = parse_config(argv, DEFAULTS, "bench.py")
+    cfg, module, model_kwargs = parse_config(argv, DEFAULTS, "bench.py", foreign=dict.fromkeys(TRAIN_DEFAULTS, "train.py"))
     device = pick_device(cfg["device"])
     modes = set(cfg["modes"].split(","))
     if modes - {"train", "infer", "scaling"}:
@@ -341,9 +258,9 @@ def main(argv):
     if cfg["vs_hf"] and not hasattr(module.Model, "to_hf"):
         die(f"models/{cfg['model']}.py has no to_hf(): there is no transformers twin to compare with")
     if "vocab_size" not in model_kwargs:  # the dataset's vocabulary when it is prepared, else the Config default
-        meta_path = os.path.join("data", cfg["dataset"], "meta.json")
-        if os.path.isfile(meta_path):
-            model_kwargs["vocab_size"] = json.load(open(meta_path))["vocab_size"]
+        data_dir = os.path.join("data", cfg["dataset"])
+        if os.path.isfile(os.path.join(data_dir, "meta.json")):
+            model_kwargs["vocab_size"] = load_meta(data_dir, cfg["dataset"], auto_prepare=False)["vocab_size"]
     T = model_kwargs.get("block_size", module.Config.block_size)
     contexts, n_new, lengths = cfg["contexts"], cfg["decode_tokens"], cfg["scaling_lengths"]
     # Positions must exist for every length measured; a larger block_size changes no weight that is timed.
@@ -358,7 +275,7 @@ def main(argv):
     train_rows, infer_rows, scale_rows = [], [], []
     for dname in dtypes:
         dtype = pick_dtype(dname, device)
-        autocast = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+        autocast = autocast_for(device, dtype)
         for impl, m in impls:
             tag = dict(impl=impl, dtype=dname)
             if "train" in modes:
@@ -402,4 +319,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    compare(sys.argv[2:]) if sys.argv[1:2] == ["--compare"] else main(sys.argv[1:])
+    compare(sys.argv[2:]) if sys.argv[1:2] == ["--compare"] else main(sys.argv[1:])  # --compare: common/study.py

@@ -17,17 +17,19 @@ import json
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 
-from common import (build_model, check_resumable, device_name, die, ensure_writable_dir, load_checkpoint, load_meta,
-                    load_weights, parse_config, peak_flops, peak_memory_mb, pick_device, pick_dtype, save_checkpoint,
-                    strip_prefixes, tokenizer)
+from common import die
+from common.checkpoints import (check_resumable, ensure_writable_dir, load_checkpoint, load_weights, restore_rng,
+                                rng_states, save_checkpoint, strip_prefixes)
+from common.data import get_batch, load_meta, open_bin, sample_starts, tokenizer
+from common.devices import autocast_for, device_name, peak_flops, peak_memory_mb, pick_device, pick_dtype
+from common.guards import StopRequest, agree, stop_nonfinite, weights_finite
+from common.settings import build_model, parse_config
 
 DEFAULTS = dict(
     model="gpt2",  # module name under models/
@@ -69,43 +71,16 @@ DEFAULTS = dict(
 )
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data
-
-
-def open_bin(data_dir, split, block_size, vocab_size):
-    path = os.path.join(data_dir, f"{split}.bin")
-    if not os.path.isfile(path):
-        die(f"{path} is missing; rerun the dataset's prepare script")
-    n_bytes = os.path.getsize(path)
-    if n_bytes % 2:
-        die(f"{path} has an odd number of bytes, so it is not a uint16 token file; rerun the dataset's prepare script")
-    if n_bytes // 2 < block_size + 1:  # one window needs block_size inputs and the target after them
-        die(f"{path} has {n_bytes // 2} tokens, too few for block_size {block_size}; "
-            f"use a smaller block_size or more data")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
-    top = int(data[: 1 << 28].max())  # a full scan of the first 256M tokens catches a wrong tokenizer or meta
-    if top >= vocab_size:
-        die(f"{path} holds token id {top} but vocab_size is {vocab_size}; the bin and meta.json disagree, re-prepare")
-    return data
-
-
-def sample_starts(data, block_size, shape, generator):
-    """Random window starts: the last one whose targets fit is len(data) - block_size - 1, so the exclusive bound
-    is len(data) - block_size (as in nanoGPT)."""
-    return torch.randint(len(data) - block_size, shape, generator=generator)
-
-
-def get_batch(data, ix, block_size, device):
-    x = torch.stack([torch.from_numpy(data[i : i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
-    if device.type == "cuda":  # pinned host memory lets the copy run asynchronously
-        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x.to(device), y.to(device)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Learning rate
+def check_settings(cfg):
+    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+        if cfg[key] < 1:
+            die(f"{key}={cfg[key]} must be at least 1")
+    if cfg["schedule"] not in ("cosine", "noam", "constant"):
+        die(f"schedule={cfg['schedule']!r} is not one of 'cosine', 'noam', 'constant'")
+    if cfg["schedule"] == "noam" and cfg["warmup_iters"] < 1:
+        die("schedule='noam' needs warmup_iters >= 1 (its peak is at step warmup_iters; the paper uses 4000)")
+    if cfg["compile"] not in ("auto", True, False):
+        die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
 
 
 def get_lr(it, cfg, time_frac=None):
@@ -125,23 +100,53 @@ def get_lr(it, cfg, time_frac=None):
     return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Training
+def configure_optimizer(model, cfg, device):
+    """AdamW. Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks
+    `_no_weight_decay`)."""
+    decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if decays(p)], "weight_decay": cfg["weight_decay"]},
+              {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
+                             fused=device.type in ("cuda", "cpu"))
+
+
+@torch.no_grad()
+def estimate_loss(model, splits, cfg, block_size, device, autocast):
+    """Mean loss over eval_iters batches of each split; always the same batches, so evaluations compare."""
+    model.eval()
+    out = {}
+    for split, data in splits.items():
+        gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+        losses = torch.zeros(cfg["eval_iters"])
+        for k in range(cfg["eval_iters"]):
+            x, y = get_batch(data, sample_starts(data, block_size, (cfg["batch_size"],), gen), block_size, device)
+            y[:, : cfg["eval_from"]] = -1
+            with autocast:
+                losses[k] = model(x, y)[1].item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def checkpoint(path, raw_model, optimizer, scaler, data_gen, device, state, saved_iter, master, **extra):
+    """Every process hands in its RNG state; the master writes the checkpoint (never one with NaN weights)."""
+    rngs, cuda_rngs = rng_states(device)
+    if master:
+        if not weights_finite(raw_model):
+            stop_nonfinite(f"the weights are not finite at iter {state['iter_num']} (a NaN/inf gradient?)",
+                           "a lower learning_rate or grad_clip", path, saved_iter)
+        save_checkpoint({"model": strip_prefixes(raw_model.state_dict()), **extra, "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), **state,
+                         "rng": {"data": data_gen.get_state(), "torch": rngs, "cuda": cuda_rngs}}, path)
+    return state["iter_num"]
 
 
 def main(argv):
     cfg, module, model_kwargs = parse_config(argv, DEFAULTS, "train.py")
+    check_settings(cfg)
     model_name = cfg["model"]
-    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
-        if cfg[key] < 1:
-            die(f"{key}={cfg[key]} must be at least 1")
-    if cfg["schedule"] not in ("cosine", "noam", "constant"):
-        die(f"schedule={cfg['schedule']!r} is not one of 'cosine', 'noam', 'constant'")
-    if cfg["schedule"] == "noam" and cfg["warmup_iters"] < 1:
-        die("schedule='noam' needs warmup_iters >= 1 (its peak is at step warmup_iters; the paper uses 4000)")
-    if cfg["compile"] not in ("auto", True, False):
-        die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
-    # Distributed setup: torchrun sets RANK/WORLD_SIZE; every process runs this same script.
+    # Processes: torchrun sets RANK/WORLD_SIZE; every process runs this same script.
     ddp = int(os.environ.get("RANK", -1)) != -1
     rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
     master = rank == 0
@@ -157,13 +162,13 @@ def main(argv):
         if device.type == "cuda":
             torch.cuda.set_device(device)
     ptdtype = pick_dtype(cfg["dtype"], device)
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device.type, dtype=ptdtype)
+    autocast = autocast_for(device, ptdtype)
     use_compile = device.type == "cuda" if cfg["compile"] == "auto" else bool(cfg["compile"])
     if master:
         ensure_writable_dir(cfg["out_dir"])
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    # Data (rank 0 prepares it if missing; the others wait for it)
+    # Data (rank 0 prepares a small dataset if it is missing; the others wait for it)
     data_dir = os.path.join("data", cfg["dataset"])
     meta = load_meta(data_dir, cfg["dataset"], auto_prepare=master)
     if ddp:
@@ -177,35 +182,25 @@ def main(argv):
     train_data = open_bin(data_dir, "train", block_size, model_kwargs["vocab_size"])
     val_data = open_bin(data_dir, "val", block_size, model_kwargs["vocab_size"])
 
-    # Model, optimizer, state: from scratch, from another checkpoint's weights, or resumed
+    # Model, optimizer and state: from scratch, from another checkpoint's weights, or resumed
     torch.manual_seed(cfg["seed"])  # the same initial weights in every process
     model = build_model(module, model_kwargs)
-    run_cfg = dataclasses.asdict(model.config)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
     if ckpt is not None:
-        check_resumable(ckpt, ckpt_path, model_name, run_cfg)
-    source_path = ckpt_path if ckpt is not None else cfg["init_from"]
-    source = ckpt if ckpt is not None else load_checkpoint(source_path) if source_path else None
-    if source is not None:
-        load_weights(model, source, source_path, model_name)
+        check_resumable(ckpt, ckpt_path, model_name, dataclasses.asdict(model.config))
+    if ckpt is not None or cfg["init_from"]:
+        source_path = ckpt_path if ckpt is not None else cfg["init_from"]
+        load_weights(model, ckpt or load_checkpoint(source_path), source_path, model_name)
     model.to(device)
-    # Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks `_no_weight_decay`).
-    decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
-    decay = [p for p in model.parameters() if p.requires_grad and decays(p)]
-    no_decay = [p for p in model.parameters() if p.requires_grad and not decays(p)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
-        fused=device.type in ("cuda", "cpu"))
+    optimizer = configure_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
-    iter_num, best_val, skipped, saved_iter = 0, float("inf"), 0, None  # saved_iter: the last checkpoint written
-    train_time = 0.0  # seconds spent in training steps, evaluation excluded
-    wandb_id = None  # a resumed run logs to the same wandb run
-    # Dropout masks and router noise must differ between processes, which see different data; the weights above and
-    # the data draws (data_gen) stay the same in all of them.
+    # Dropout masks and router noise must differ between processes, which see different data.
     torch.manual_seed(cfg["seed"] + rank)
+    # What a checkpoint carries besides weights and optimizer; saved_iter is the last checkpoint written.
+    state = dict(iter_num=0, best_val_loss=float("inf"), skipped=0, train_time=0.0, wandb_id=None)
+    saved_iter = None
     if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -213,135 +208,74 @@ def main(argv):
             die(f"the optimizer state in {ckpt_path} does not fit this model ({e}); "
                 f"start a new run from its weights with --init_from={ckpt_path}")
         scaler.load_state_dict(ckpt["scaler"])
-        iter_num, best_val, skipped = ckpt["iter_num"], ckpt["best_val_loss"], ckpt.get("skipped", 0)
-        train_time, wandb_id = ckpt.get("train_time", 0.0), ckpt.get("wandb_id")
-        saved_iter = iter_num
+        state.update({k: ckpt.get(k, v) for k, v in state.items()})
+        saved_iter = state["iter_num"]
         data_gen.set_state(ckpt["rng"]["data"])
-        # One RNG state per process (a list); a checkpoint from another number of processes (or an older single
-        # state) restores what it can and the other processes keep their rank-offset seeds.
-        states = ckpt["rng"]["torch"] if isinstance(ckpt["rng"]["torch"], list) else [ckpt["rng"]["torch"]]
-        cuda_states = ckpt["rng"].get("cuda")
-        cuda_states = cuda_states if isinstance(cuda_states, list) else [cuda_states]
-        if rank < len(states):
-            torch.set_rng_state(states[rank])
-        if device.type == "cuda" and rank < len(cuda_states) and cuda_states[rank] is not None:
-            torch.cuda.set_rng_state(cuda_states[rank], device)
-        print(f"resumed from {ckpt_path} at iter {iter_num}")
-    ckpt = source = None  # free memory
+        restore_rng(ckpt["rng"], rank, device)
+        print(f"resumed from {ckpt_path} at iter {saved_iter}")
+    ckpt = None  # free memory
     raw_model = model
     if use_compile:
         model = torch.compile(model)  # compile before the DDP wrap
     if ddp:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model_stats = lambda: {k: float(v) for k, v in getattr(raw_model, "stats", {}).items()}  # noqa: E731
+    n_params = sum(p.numel() for p in raw_model.parameters())
     if master:
-        print(f"models/{model_name}.py: {sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters, "
-              f"{device.type} {str(ptdtype).replace('torch.', '')}, compile={use_compile}, {world} process(es)")
+        print(f"models/{model_name}.py: {n_params / 1e6:.2f}M parameters, {device.type} "
+              f"{str(ptdtype).replace('torch.', '')}, compile={use_compile}, {world} process(es)")
     if cfg["wandb_log"] and master:
         import wandb
 
-        run = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None, id=wandb_id,
-                         resume="allow", config={**cfg, **dataclasses.asdict(raw_model.config)})
-        wandb_id = run.id  # saved in the checkpoint, so --resume continues this wandb run
-
-    @torch.no_grad()
-    def evaluate():
-        """Mean loss over eval_iters batches of each split; always the same batches, so evals compare."""
-        model.eval()
-        out = {}
-        for split, data in (("train", train_data), ("val", val_data)):
-            gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-            losses = torch.zeros(cfg["eval_iters"])
-            for k in range(cfg["eval_iters"]):
-                x, y = get_batch(data, sample_starts(data, block_size, (cfg["batch_size"],), gen), block_size, device)
-                y[:, : cfg["eval_from"]] = -1
-                with autocast:
-                    losses[k] = raw_model(x, y)[1].item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
-
-    def stop_nonfinite(what, fix):
-        """NaN or inf: stop before anything overwrites the last good checkpoint, and say how to go on."""
-        where = (f"the last good checkpoint, {ckpt_path} (iter {saved_iter}), is intact: --resume from it with"
-                 if saved_iter is not None else "no checkpoint was written yet: restart with")
-        die(f"{what}; {where} {fix}")
-
-    def checkpoint():
-        """Called by every process (they all hand in their RNG states); the master writes the file."""
-        nonlocal saved_iter
-        rng_states = [torch.get_rng_state()]
-        cuda_states = [torch.cuda.get_rng_state(device) if device.type == "cuda" else None]
-        if ddp:
-            rng_states, cuda_states = [None] * world, [None] * world
-            torch.distributed.all_gather_object(rng_states, torch.get_rng_state())
-            torch.distributed.all_gather_object(
-                cuda_states, torch.cuda.get_rng_state(device).cpu() if device.type == "cuda" else None)
-        if not master:
-            return
-        if not torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all():  # never save NaNs
-            stop_nonfinite(f"the weights are not finite at iter {iter_num} (a NaN/inf gradient?)",
-                           "a lower learning_rate or grad_clip")
-        save_checkpoint({
-            "model": strip_prefixes(raw_model.state_dict()), "model_name": model_name,
-            "model_config": dataclasses.asdict(raw_model.config), "config": cfg, "meta": meta,
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "iter_num": iter_num,
-            "best_val_loss": best_val, "skipped": skipped, "train_time": train_time, "wandb_id": wandb_id,
-            "rng": {"data": data_gen.get_state(), "torch": rng_states, "cuda": cuda_states},
-        }, ckpt_path)
-        saved_iter = iter_num
-
-    # Ctrl-C / SIGTERM: finish the current step, save, exit 0. A second Ctrl-C exits at once; a repeated SIGTERM
-    # (a scheduler and torchrun both forward one) does not cut the save short.
-    stop = {"requested": False}
-
-    def on_signal(signum, frame):
-        if stop["requested"] and signum == signal.SIGINT:
-            os._exit(130)  # the last complete checkpoint stays as it was (writes are atomic)
-        if master and not stop["requested"]:
-            print("\nstopping after this step (press Ctrl-C again to quit without saving)", flush=True)
-        stop["requested"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-
+        state["wandb_id"] = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or None,
+                                       id=state["wandb_id"], resume="allow",  # --resume continues the same run
+                                       config={**cfg, **dataclasses.asdict(raw_model.config)}).id
+    stop = StopRequest(verbose=master)
     tokens_per_iter = accum * world * cfg["batch_size"] * block_size
     flops_per_iter, peak = raw_model.flops_per_token() * tokens_per_iter, peak_flops(device)
-    # log.jsonl: one line per evaluation (loss against iterations, tokens and training time), read by bench.py
+    # log.jsonl: one line per evaluation (loss against iterations, tokens and training time), read by the studies
     log_path = os.path.join(cfg["out_dir"], "log.jsonl")
     if master and not cfg["resume"]:
         with open(log_path, "w") as f:
-            f.write(json.dumps({"model": model_name, "params": sum(p.numel() for p in raw_model.parameters()),
-                                "tokens_per_iter": tokens_per_iter, "device": device_name(device)}) + "\n")
+            f.write(json.dumps({"model": model_name, "params": n_params, "tokens_per_iter": tokens_per_iter,
+                                "device": device_name(device)}) + "\n")
+
+    save = dict(path=ckpt_path, raw_model=raw_model, optimizer=optimizer, scaler=scaler, data_gen=data_gen,
+                device=device, state=state, master=master, model_name=model_name, config=cfg, meta=meta,
+                model_config=dataclasses.asdict(raw_model.config))
+
     model.train()
     t0, n_timed, first = time.time(), 0, True
     while True:
-        budget = cfg["max_seconds"]
-        lr = get_lr(iter_num, cfg, train_time / budget if budget > 0 else None)
+        it, budget = state["iter_num"], cfg["max_seconds"]
+        lr = get_lr(it, cfg, state["train_time"] / budget if budget > 0 else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        done = iter_num >= cfg["max_iters"] or budget > 0 and train_time >= budget
-        if iter_num % cfg["eval_interval"] == 0 or done or cfg["eval_only"]:
-            losses = evaluate()
+        done = it >= cfg["max_iters"] or budget > 0 and state["train_time"] >= budget
+
+        # Evaluate, log, checkpoint
+        if it % cfg["eval_interval"] == 0 or done or cfg["eval_only"]:
+            losses = estimate_loss(raw_model, {"train": train_data, "val": val_data}, cfg, block_size, device,
+                                   autocast)
             if master:
-                best_val = min(best_val, losses["val"])
-                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+                state["best_val_loss"] = min(state["best_val_loss"], losses["val"])
+                print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
                 with open(log_path, "a") as f:
-                    f.write(json.dumps({"iter": iter_num, "tokens": iter_num * tokens_per_iter, "time": train_time,
+                    f.write(json.dumps({"iter": it, "tokens": it * tokens_per_iter, "time": state["train_time"],
                                         "train_loss": losses["train"], "val_loss": losses["val"],
                                         "peak_mem_mb": peak_memory_mb(device)}) + "\n")
                 if cfg["wandb_log"]:
-                    wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
+                    wandb.log({"iter": it, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr,
                                **{f"val/{k}": v for k, v in model_stats().items()}})
             if not first and not cfg["eval_only"]:
-                checkpoint()
+                saved_iter = checkpoint(saved_iter=saved_iter, **save)
             t0, n_timed = time.time(), 0  # keep evaluation out of the training speed
         first = False
         if done or cfg["eval_only"]:
             break
-        t_step = time.time()
 
         # One optimizer step over the global batch: every process draws the same indices and takes its share.
+        t_step = time.time()
         ix = sample_starts(train_data, block_size, (world, accum, cfg["batch_size"]), data_gen)[rank]
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
@@ -356,47 +290,44 @@ def main(argv):
             torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.AVG)
         if not torch.isfinite(loss_sum):
             if not cfg["skip_nonfinite"]:
-                stop_nonfinite(f"loss is {loss_sum.item()} at iter {iter_num + 1}",
-                               "a lower learning_rate, or pass --skip_nonfinite to skip such steps")
-            skipped += 1
-            optimizer.zero_grad(set_to_none=True)  # drop the batch: no optimizer step, no scaler update
+                stop_nonfinite(f"loss is {loss_sum.item()} at iter {it + 1}",
+                               "a lower learning_rate, or pass --skip_nonfinite to skip such steps", ckpt_path,
+                               saved_iter)
+            state["skipped"] += 1  # drop the batch: no optimizer step, no scaler update
             if master:
-                print(f"iter {iter_num + 1}: loss {loss_sum.item()}, step skipped ({skipped} so far)", flush=True)
+                print(f"iter {it + 1}: loss {loss_sum.item()}, step skipped ({state['skipped']} so far)", flush=True)
         else:
             if cfg["grad_clip"] > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             scaler.step(optimizer)
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-        iter_num, n_timed, train_time = iter_num + 1, n_timed + 1, train_time + time.time() - t_step
+        optimizer.zero_grad(set_to_none=True)
+        state["iter_num"], n_timed = it + 1, n_timed + 1
+        stop_now, state["train_time"] = agree(stop, state["train_time"] + time.time() - t_step, device)
 
-        if iter_num % cfg["log_interval"] == 0 and master:
+        if state["iter_num"] % cfg["log_interval"] == 0 and master:
             lossf = loss_sum.item()  # waits for the device, so the time below is real
             dt = (time.time() - t0) / n_timed
             t0, n_timed = time.time(), 0
-            tok_s = tokens_per_iter / dt
             mfu = f", mfu {100 * flops_per_iter / dt / (peak * world):.1f}%" if peak else ""
             stats = model_stats()
-            extra = "".join(f", {k} {v:.4g}" for k, v in stats.items()) + (f", skipped {skipped}" if skipped else "")
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s{mfu}{extra}",
-                  flush=True)
+            extra = "".join(f", {k} {v:.4g}" for k, v in stats.items())
+            extra += f", skipped {state['skipped']}" if state["skipped"] else ""
+            print(f"iter {state['iter_num']}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
+                  f"{tokens_per_iter / dt:,.0f} tok/s{mfu}{extra}", flush=True)
             if cfg["wandb_log"]:
-                wandb.log({"iter": iter_num, "train/loss_step": lossf, "lr": lr, "tok_per_s": tok_s,
-                           **{f"train/{k}": v for k, v in stats.items()}})
-        if ddp:  # every process must stop at the same step and see the same clock (the schedule and the budget use it)
-            flags = torch.tensor([float(stop["requested"]), train_time], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            stop["requested"], train_time = bool(flags[0].item()), flags[1].item()
-        if stop["requested"]:
-            checkpoint()
+                wandb.log({"iter": state["iter_num"], "train/loss_step": lossf, "lr": lr,
+                           "tok_per_s": tokens_per_iter / dt, **{f"train/{k}": v for k, v in stats.items()}})
+        if stop_now:
+            checkpoint(saved_iter=saved_iter, **save)
             if master:
                 launcher = f"torchrun --standalone --nproc_per_node={world}" if ddp else "python"
                 again = shlex.join(["train.py", *(a for a in argv if not a.startswith("--resume")), "--resume"])
-                print(f"saved {ckpt_path} at iter {iter_num}; continue with: {launcher} {again}", flush=True)
+                print(f"saved {ckpt_path} at iter {state['iter_num']}; continue with: {launcher} {again}", flush=True)
             break
 
-    if master and cfg["sample_tokens"] > 0 and not stop["requested"] and not cfg["eval_only"]:
+    if master and cfg["sample_tokens"] > 0 and not stop.requested and not cfg["eval_only"]:
         encode, decode = tokenizer(meta)
         start = encode("\n") if meta["tokenizer"] == "char" and "\n" in meta["chars"] else [0]
         raw_model.eval()
@@ -410,5 +341,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except KeyboardInterrupt:  # Ctrl-C before training began (from then on on_signal handles it): nothing to save
+    except KeyboardInterrupt:  # Ctrl-C before training began (from then on StopRequest handles it): nothing to save
         sys.exit(130)

@@ -34,7 +34,7 @@ from datasets import __version__ as DATASETS_VERSION
 from tqdm.auto import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from prepare.common import atomic_path, check_uint16, die, write_meta  # noqa: E402
+from prepare.bins import atomic_write, check_uint16, die, write_meta  # noqa: E402
 
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # suffix -> datasets builder
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")  # datasets opens these transparently
@@ -204,7 +204,7 @@ def batch_ids(table):
     return pc.list_flatten(table.column("ids")).to_numpy()
 
 
-def fill_bins(train, val, tmp, args, timings):
+def fill_bins(train, val, files, args, timings):
     """Tokenize both splits into the datasets cache, then copy each into a uint16 memmap of exactly its size."""
     if val is None:
         if len(train) < 2:
@@ -228,7 +228,7 @@ def fill_bins(train, val, tmp, args, timings):
         n = int(lens.sum())
         if n == 0:
             die(f"the {s} split has no tokens: all its documents are empty")
-        out = np.memmap(tmp[s], dtype=np.uint16, mode="w+", shape=(n,))
+        out = np.memmap(files[s], dtype=np.uint16, mode="w+", shape=(n,))
         pos = 0
         with tqdm(total=n, unit="tok", unit_scale=True, desc=f"writing {s}.bin") as bar:
             for table in ds.select_columns(["ids"]).with_format("arrow").iter(batch_size=BATCH_DOCS):
@@ -244,36 +244,28 @@ def fill_bins(train, val, tmp, args, timings):
     return counts
 
 
-def stream_bins(train, val, tmp, args):
+def stream_bins(train, val, files, args):
     """Read, tokenize and append as the documents arrive; without a validation split every k-th document is val."""
     every = None if val is not None else max(1, round(1 / args.val_fraction))
     counts = {"train_tokens": 0, "train_docs": 0, "val_tokens": 0, "val_docs": 0}
-    files = {s: open(path, "wb") for s, path in tmp.items()}
-    try:
-        with tqdm(unit="doc", unit_scale=True, desc="streaming") as bar:
-            for s, ds in [("train", train)] + ([("val", val)] if val is not None else []):
-                tokenized = ds.map(tokenize, batched=True, batch_size=BATCH_DOCS, remove_columns=["text"],
-                                   fn_kwargs={"num_threads": args.num_proc})
-                doc = 0  # index among non-empty documents
-                for batch in tokenized.iter(batch_size=BATCH_DOCS):
-                    picked = {"train": [], "val": []}
-                    for ids in batch["ids"]:
-                        if ids:
-                            picked["val" if every and doc % every == 0 else s].append(ids)
-                            doc += 1
-                    for dest, docs in picked.items():
-                        arr = np.fromiter(chain.from_iterable(docs), dtype=np.uint16)
-                        arr.tofile(files[dest])
-                        counts[f"{dest}_tokens"] += len(arr)
-                        counts[f"{dest}_docs"] += len(docs)
-                    bar.update(len(batch["ids"]))
-        for f in files.values():
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        for f in files.values():
-            f.close()
-    for s in tmp:
+    with tqdm(unit="doc", unit_scale=True, desc="streaming") as bar:
+        for s, ds in [("train", train)] + ([("val", val)] if val is not None else []):
+            tokenized = ds.map(tokenize, batched=True, batch_size=BATCH_DOCS, remove_columns=["text"],
+                               fn_kwargs={"num_threads": args.num_proc})
+            doc = 0  # index among non-empty documents
+            for batch in tokenized.iter(batch_size=BATCH_DOCS):
+                picked = {"train": [], "val": []}
+                for ids in batch["ids"]:
+                    if ids:
+                        picked["val" if every and doc % every == 0 else s].append(ids)
+                        doc += 1
+                for dest, docs in picked.items():
+                    arr = np.fromiter(chain.from_iterable(docs), dtype=np.uint16)
+                    arr.tofile(files[dest])
+                    counts[f"{dest}_tokens"] += len(arr)
+                    counts[f"{dest}_docs"] += len(docs)
+                bar.update(len(batch["ids"]))
+    for s in files:
         if counts[f"{s}_tokens"] == 0:
             die(f"the {s} split has no tokens: too few non-empty documents for --val_fraction {args.val_fraction}")
     return counts
@@ -286,20 +278,15 @@ def prepare(train, val, args, source, t_start):
     if val is None and getattr(args, "val_fraction", None) is None:
         die(f"{source} has no validation split; this script expects one")
     os.makedirs(args.out_dir, exist_ok=True)
-    final = {s: os.path.join(args.out_dir, f"{s}.bin") for s in ("train", "val")}
-    tmp = {s: atomic_path(path) for s, path in final.items()}
     timings = {"load": time.time() - t_start}
-    try:
+    # Both bins are complete (and on disk) before either takes its final name; a failure removes both.
+    with atomic_write(os.path.join(args.out_dir, "train.bin"), "w+b") as f_train, \
+            atomic_write(os.path.join(args.out_dir, "val.bin"), "w+b") as f_val:
+        files = {"train": f_train, "val": f_val}
         if args.streaming:
-            counts = stream_bins(train, val, tmp, args)
+            counts = stream_bins(train, val, files, args)
         else:
-            counts = fill_bins(train, val, tmp, args, timings)
-        for s in final:  # both bins are complete before either takes its final name
-            os.replace(tmp[s], final[s])
-    finally:
-        for path in tmp.values():
-            if os.path.exists(path):
-                os.remove(path)
+            counts = fill_bins(train, val, files, args, timings)
     meta = {"vocab_size": enc.n_vocab, "tokenizer": "gpt2", "source": source, **counts}
     write_meta(args.out_dir, meta)  # last: its presence says the bins are complete
     seconds = time.time() - t_start

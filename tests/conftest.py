@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
@@ -58,9 +59,71 @@ def run(script, *args, cwd, env=None, check=True, timeout=300):
 def copy_repo(dst):
     """A copy of the repo's code (no data, no outputs) for tests that edit files, such as the fork test."""
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("train.py", "sample.py", "bench.py", "common.py"):
-        if os.path.exists(os.path.join(ROOT, name)):
-            shutil.copy(os.path.join(ROOT, name), dst / name)
-    for d in ("models", "prepare"):
+    for name in ("train.py", "sample.py", "bench.py"):
+        shutil.copy(os.path.join(ROOT, name), dst / name)
+    for d in ("common", "models", "prepare"):
         shutil.copytree(os.path.join(ROOT, d), dst / d, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers shared by the model tests (test_gpt2, test_llama, test_mamba, test_moe, test_retnet, test_transformer,
+# test_contract).
+
+
+def rel_diff(a, b):
+    """max |a - b| over the scale of b (max |b|), as a float."""
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def tokens(B, T, vocab_size, seed=1):
+    """(B, T) random token ids below vocab_size, from a generator seeded with seed."""
+    return torch.randint(0, vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def sharpen(model, scale=4.0):
+    """Multiply parameters by scale (a number, or a function (name, p) -> factor) so logits are far from flat."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            factor = scale(name, p) if callable(scale) else scale
+            if factor != 1.0:
+                p.mul_(factor)
+    return model
+
+
+def scale_up(model, std, seed=0):
+    """Seeded random weights: norm gains uniform in 0.5..1.5, the rest normal with std (or std(name)); eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (std(name) if callable(std) else std))
+    return model.eval()
+
+
+def full_forward_greedy(model, idx, n, context=None):
+    """Greedy reference without a cache: the last `context` tokens (default block_size) through the model each step."""
+    context = context or model.config.block_size
+    for _ in range(n):
+        logits, _ = model(idx[:, -context:])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+def cached_step_logits(model, idx, prompt_len):
+    """Logits of the cache path: prefill idx[:, :prompt_len] at start_pos=0, then the rest one token at a time."""
+    model.setup_cache(idx.size(0), idx.device, next(model.parameters()).dtype)
+    steps = [model(idx[:, :prompt_len], start_pos=0)[0]]
+    steps += [model(idx[:, t:t + 1], start_pos=t)[0] for t in range(prompt_len, idx.size(1))]
+    model.free_cache()
+    return torch.cat(steps, dim=1)  # (B, T, V)
+
+
+def bf16_autocast_run(model, idx, n=12):
+    """Under CPU bf16 autocast: a forward with loss on idx, then greedy generate of n tokens from idx[:, :4]."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(idx, targets=idx)
+        gen = model.generate(idx[:, :4], n, temperature=0)
+    return logits, loss, gen

@@ -26,8 +26,8 @@ def test_all_modes_with_hf_twin(tmp_path):
 
 
 def test_every_model_file_runs_in_bench(tmp_path):
-    sizes = {"llama": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--multiple_of=8"], "mamba": ["--d_model=32"],
-             "retnet": ["--n_head=2", "--n_embd=32"], "moe": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--multiple_of=8", "--n_expert=4"],
+    sizes = {"llama": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"], "mamba": ["--d_model=32"],
+             "retnet": ["--n_head=2", "--n_embd=32"], "moe": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88", "--n_expert=4"],
              "transformer": ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"]}
     for model, extra in sizes.items():
         args = [a for a in TINY_BENCH if not a.startswith(("--model", "--n_head", "--n_embd", "--n_layer"))]
@@ -44,3 +44,14 @@ def test_bench_bad_input_one_line(tmp_path):
     assert p.returncode != 0 and "did you mean 'train_steps'" in p.stderr
     p = run("bench.py", "--model=retnet", "--vs_hf=True", cwd=tmp_path, check=False)
     assert p.returncode != 0 and "models/retnet.py has no to_hf()" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bench_keys_dashes_and_training_settings(tmp_path):
+    (tmp_path / "cfg.py").write_text("model = 'gpt2'\nlearning_rate = 3e-3\nmax_iters = 5\n")
+    p = run("bench.py", "cfg.py", *TINY_BENCH, "--modes=train", "--dtypes=float32", "--vs-hf=True",
+            "--results=res.jsonl", cwd=tmp_path)
+    assert "does not use these settings of the config: learning_rate, max_iters" in p.stdout
+    assert "train float32 T=32:" in p.stdout  # --vs-hf was read as --vs_hf
+    p = run("bench.py", *TINY_BENCH, "--learning_rate=1e-3", cwd=tmp_path, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == "error: --learning_rate is a train.py setting that bench.py does not use; leave it out"

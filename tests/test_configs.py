@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from common import parse_config
+from common.settings import parse_config
 from conftest import ROOT
 from train import DEFAULTS
 

@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, full_forward_greedy, sharpen, tokens
 
 V = 61  # vocabulary of the tiny models
 TINY = {
@@ -42,30 +42,14 @@ def build(name, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     model = module.Model(module.Config(**TINY[name]))
     # Sharper weights than the init, so greedy decoding is not a tie-break between nearly flat logits.
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 2 and "A_log" not in pname:
-                p.mul_(4.0)
+    sharpen(model, lambda pname, p: 4.0 if p.dim() == 2 and "A_log" not in pname else 1.0)
     return model.to(dtype).eval()
-
-
-def prompt(T, B=2, seed=1):
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 def cache_tensors(model):
     """Tensors a model holds outside its parameters and buffers: its caches and recurrent states."""
     return {f"{mname}.{k}": v for mname, m in model.named_modules() for k, v in vars(m).items()
             if isinstance(v, torch.Tensor)}
-
-
-def full_forward_greedy(model, idx, n):
-    """Reference decoding without a cache: the last block_size tokens through the model every step."""
-    T = model.config.block_size
-    for _ in range(n):
-        logits, _ = model(idx[:, -T:])
-        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
-    return idx
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -80,8 +64,8 @@ def test_cache_api_and_dtypes(name):
     assert not cache_tensors(model), f"models/{name}.py: free_cache left {sorted(cache_tensors(model))}"
     # Under autocast the caches take the autocast dtype; generate frees them when it returns.
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model.generate(prompt(5), 4, temperature=0)
-    assert out.shape == (2, 9) and torch.equal(out[:, :5], prompt(5))
+        out = model.generate(tokens(2, 5, V), 4, temperature=0)
+    assert out.shape == (2, 9) and torch.equal(out[:, :5], tokens(2, 5, V))
     assert not cache_tensors(model), f"models/{name}.py: generate left {sorted(cache_tensors(model))}"
 
 
@@ -89,7 +73,7 @@ def test_cache_api_and_dtypes(name):
 def test_cached_generation_equals_full_forward(name):
     model = build(name)
     T = model.config.block_size
-    idx = prompt(T // 2)
+    idx = tokens(2, T // 2, V)
     ours = model.generate(idx, T // 2, temperature=0)  # up to a full context: no refill yet
     assert torch.equal(ours, full_forward_greedy(model, idx, T // 2))
 
@@ -97,7 +81,7 @@ def test_cached_generation_equals_full_forward(name):
 def bounded(model, T):
     """Whether the model refuses sequences longer than block_size (learned positions, a fixed cache)."""
     try:
-        model(prompt(T + 1, B=1))
+        model(tokens(1, T + 1, V))
     except ValueError:
         return True
     return False
@@ -107,7 +91,7 @@ def bounded(model, T):
 def test_long_prompt(name):
     model = build(name)
     T = model.config.block_size
-    idx = prompt(T + 1)
+    idx = tokens(2, T + 1, V)
     first = model.generate(idx, 1, temperature=0)[:, -1]
     context = idx[:, -T:] if bounded(model, T) else idx
     assert torch.equal(first, model(context)[0][:, -1].argmax(-1))
@@ -119,7 +103,7 @@ def test_long_prompt(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_sampling_arguments(name):
     model = build(name, torch.float32)
-    idx = prompt(6)
+    idx = tokens(2, 6, V)
     torch.manual_seed(0)
     a = model.generate(idx, 5, temperature=0.8, top_k=5, top_p=0.9)
     torch.manual_seed(0)

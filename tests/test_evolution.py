@@ -56,3 +56,20 @@ def test_max_seconds_budget_stops_training_and_decays_lr(workdir):
     assert 1.5 <= log[-1]["time"] < 30 and 0 < log[-1]["iter"] < 1000000
     cfg = {**DEFAULTS, "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 10}
     assert get_lr(500, cfg, time_frac=0.5) == 5.5e-4 and get_lr(500, cfg, time_frac=1.01) == 1e-4
+
+
+def test_a_killed_study_resumes_and_a_changed_config_reruns_only_its_run(workdir):
+    (workdir / "a_gpt2.py").write_text(CONFIG + "model = 'gpt2'\nn_layer = 1\nn_head = 2\nn_embd = 32\n")
+    (workdir / "b_gpt2.py").write_text(CONFIG + "model = 'gpt2'\nn_layer = 1\nn_head = 1\nn_embd = 16\n")
+    args = ["--compare", "a_gpt2.py", "b_gpt2.py", "--out=res/evo"]
+    first = run("bench.py", *args, cwd=workdir).stdout
+    assert "[1/2] a_gpt2.py" in first and "[2/2] b_gpt2.py" in first and "reused" not in first
+    # As if the study had been killed during b's run: its marker is gone (a's run finished).
+    (workdir / "out" / "compare" / "b_gpt2" / "study_run.json").unlink()
+    again = run("bench.py", *args, cwd=workdir).stdout
+    assert "a_gpt2: val loss" in again and "(finished earlier, reused)" in again.split("a_gpt2: val loss")[1].split("\n")[0]
+    assert "[2/2] b_gpt2.py" in again  # b trained again
+    (workdir / "a_gpt2.py").write_text(CONFIG + "model = 'gpt2'\nn_layer = 1\nn_head = 2\nn_embd = 64\n")
+    changed = run("bench.py", *args, cwd=workdir).stdout
+    assert "[1/2] a_gpt2.py" in changed and "[2/2] b_gpt2.py" not in changed
+    assert "b_gpt2: val loss" in changed and "reused" in changed.split("b_gpt2: val loss")[1].split("\n")[0]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import cached_step_logits, full_forward_greedy, sharpen
 from models.gpt2 import Config, Model, sample_next
 
 CFG = dict(block_size=32, vocab_size=97, n_layer=2, n_head=4, n_embd=32)
@@ -16,14 +17,6 @@ def hf_twin(model):
     hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs)).eval()
     hf.load_state_dict(sd)
     return hf.to(model.lm_head.weight.dtype)
-
-
-def sharpen(model, scale=4.0):
-    """Random tiny models give nearly flat logits; scaling weights up makes greedy decoding non-trivial."""
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(scale)
-    return model
 
 
 def hf_and_ours(dtype):
@@ -72,13 +65,6 @@ def test_to_hf_roundtrip_and_greedy_generate_equals_hf():
     assert len(set(out[0, 6:].tolist())) > 2  # the comparison is not between two runs of one repeated token
 
 
-def full_forward_greedy(model, idx, n):
-    for _ in range(n):
-        logits, _ = model(idx[:, -model.config.block_size:])
-        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return idx
-
-
 def test_cached_generate_equals_full_forward_greedy():
     torch.manual_seed(2)
     model = sharpen(Model(Config(**CFG))).double().eval()
@@ -88,11 +74,9 @@ def test_cached_generate_equals_full_forward_greedy():
     assert torch.equal(gen, full_forward_greedy(model, idx, n))
     # and the logits of the cache path (prefill, then one token a step) equal a full forward's
     with torch.no_grad():
-        model.setup_cache(3, idx.device, torch.float64)
-        steps = [model(gen[:, :5], start_pos=0)[0]] + [model(gen[:, t:t + 1], start_pos=t)[0] for t in range(5, 32)]
-        model.free_cache()
+        steps = cached_step_logits(model, gen, 5)
         full = model(gen)[0]
-    diff = (torch.cat(steps, dim=1) - full).abs().max().item()
+    diff = (steps - full).abs().max().item()
     print(f"gpt2 cached vs full float64 logits max abs diff {diff:.3g}")
     assert diff < 1e-9 * full.abs().max().item(), diff
 

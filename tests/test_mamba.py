@@ -13,6 +13,7 @@ import torch
 import transformers
 import transformers.models.mamba.modeling_mamba as hf_mamba
 
+from conftest import bf16_autocast_run, cached_step_logits, rel_diff, scale_up, tokens
 from models.mamba import Config, Model, selective_scan, selective_step
 
 V = 97  # vocabulary of the tiny test models
@@ -24,30 +25,13 @@ def tiny(**kw):
     return Config(**cfg)
 
 
-def tokens(B, T, seed=1):
-    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
-
-
 TIGHT = 1e-12  # float64, relative to the scale of what is compared: measured 1e-17 .. 5e-15
 
 
-def rel_diff(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def scale_up(model, std=0.3, seed=0):
-    """Random weights large enough that logits are far from flat (greedy decoding then means something). A_log, D,
-    dt bias and norm gains random too, so a transposed or mis-mapped parameter would show."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith(("A_log", ".D", "dt_proj.bias")):
-                p.copy_(torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
+def scale_up_mamba(model, std=0.3, seed=0):
+    """conftest's scale_up (norm gains in 0.5..1.5, weights with std) but A_log, D and dt bias with std 1, so a
+    transposed or mis-mapped parameter would show."""
+    return scale_up(model, lambda name: 1.0 if name.endswith(("A_log", ".D", "dt_proj.bias")) else std, seed)
 
 
 def reference_scan(x, dt, A, B, C, h0=None):
@@ -95,18 +79,6 @@ def hf_from(model, **overrides):
     hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**kwargs, **overrides})).eval()
     hf.load_state_dict(sd)
     return hf.to(model.lm_head.weight.dtype)
-
-
-def state_step_logits(model, idx, prompt_len):
-    """Logits from the recurrent path: the prompt through the chunked scan, then one token at a time."""
-    model.setup_cache(idx.size(0), idx.device, model.lm_head.weight.dtype)
-    logits, _ = model(idx[:, :prompt_len], start_pos=0)
-    steps = [logits]
-    for t in range(prompt_len, idx.size(1)):
-        logits, _ = model(idx[:, t:t + 1], start_pos=t)
-        steps.append(logits)
-    model.free_cache()
-    return torch.cat(steps, dim=1)  # (B, T, V)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -164,7 +136,7 @@ def test_model_at_4096_tokens_with_large_dt_is_finite():
     model = Model(tiny(n_layer=1, d_model=8, d_state=4, vocab_size=16, block_size=4096))
     with torch.no_grad():
         model.backbone.layers[0].mixer.dt_proj.bias.uniform_(-5.0, 60.0)  # softplus: dt up to 60
-    idx = torch.randint(0, 16, (1, 4096), generator=torch.Generator().manual_seed(0))
+    idx = tokens(1, 4096, 16, seed=0)
     logits, loss = model(idx, targets=idx)
     loss.backward()
     assert torch.isfinite(logits).all() and torch.isfinite(loss)
@@ -180,9 +152,9 @@ def hf_parity(dtype, reference_context=contextlib.nullcontext(), **hf_overrides)
     torch.manual_seed(0)
     kw = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, state_size=8, conv_kernel=4, expand=2,
               bos_token_id=None, eos_token_id=None, pad_token_id=None, **hf_overrides)
-    hf = scale_up(transformers.MambaForCausalLM(transformers.MambaConfig(**kw))).to(dtype)
+    hf = scale_up_mamba(transformers.MambaForCausalLM(transformers.MambaConfig(**kw))).to(dtype)
     model = Model.from_hf_state_dict(hf.state_dict(), tiny()).eval().to(dtype)
-    idx = tokens(2, 50)  # 50: not a multiple of the chunk length, so the padded last chunk is exercised
+    idx = tokens(2, 50, V)  # 50: not a multiple of the chunk length, so the padded last chunk is exercised
     with torch.no_grad():
         ours = model(idx)[0]
         with reference_context:
@@ -207,9 +179,9 @@ def test_hf_parity_logits_float32_smoke():
 def test_to_hf_greedy_generation_matches_hf():
     """float64: the same tokens, and HF's per-step logits (its cached path) equal our full forward."""
     torch.manual_seed(0)
-    model = scale_up(Model(tiny())).double()
+    model = scale_up_mamba(Model(tiny())).double()
     hf = hf_from(model, residual_in_fp32=False)
-    prompt, n = tokens(2, 9), 24
+    prompt, n = tokens(2, 9, V), 24
     ours = model.generate(prompt, n, temperature=0)
     with hf_in_float64():
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False,
@@ -233,11 +205,11 @@ def test_to_hf_greedy_generation_matches_hf():
 @pytest.mark.parametrize("prompt_len", [1, 20])
 def test_recurrent_steps_equal_full_forward(prompt_len):
     torch.manual_seed(0)
-    model = scale_up(Model(tiny())).double()
-    idx = tokens(2, 40)
+    model = scale_up_mamba(Model(tiny())).double()
+    idx = tokens(2, 40, V)
     with torch.no_grad():
         full, _ = model(idx)
-        stepped = state_step_logits(model, idx, prompt_len)
+        stepped = cached_step_logits(model, idx, prompt_len)
     assert stepped.dtype == torch.float64
     assert rel_diff(stepped, full) < TIGHT
 
@@ -249,12 +221,12 @@ def test_generation_state_is_constant_size_and_has_no_length_limit():
     for T in (10, 300):  # a prompt far past block_size: nothing grows with the position
         model.setup_cache(2, "cpu", torch.float32)
         with torch.no_grad():
-            model(tokens(2, T), start_pos=0)
-            model(tokens(2, 1), start_pos=T)
+            model(tokens(2, T, V), start_pos=0)
+            model(tokens(2, 1, V), start_pos=T)
         sizes.append([(tuple(b.mixer.conv_state.shape), tuple(b.mixer.ssm_state.shape)) for b in model.backbone.layers])
         model.free_cache()
     assert sizes[0] == sizes[1] == [((2, 64, 3), (2, 64, 8))] * 2
-    out = model.generate(tokens(2, 20), 30, temperature=0)
+    out = model.generate(tokens(2, 20, V), 30, temperature=0)
     assert out.shape == (2, 50)
     assert all(b.mixer.ssm_state is None and b.mixer.conv_state is None for b in model.backbone.layers)
 
@@ -262,7 +234,7 @@ def test_generation_state_is_constant_size_and_has_no_length_limit():
 def test_sampling_shapes_and_determinism():
     torch.manual_seed(0)
     model = Model(tiny()).eval()
-    prompt = tokens(3, 4)
+    prompt = tokens(3, 4, V)
     torch.manual_seed(5)
     a = model.generate(prompt, 12, temperature=0.8, top_k=10, top_p=0.9)
     torch.manual_seed(5)
@@ -273,10 +245,8 @@ def test_sampling_shapes_and_determinism():
 def test_autocast_bf16_forward_and_generate():
     torch.manual_seed(0)
     model = Model(tiny())
-    idx = tokens(2, 32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, loss = model(idx, targets=idx)
-        gen = model.generate(idx[:, :4], 12, temperature=0)
+    idx = tokens(2, 32, V)
+    logits, loss, gen = bf16_autocast_run(model, idx)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
     assert gen.shape == (2, 16)
 
@@ -291,8 +261,8 @@ def test_state_dtypes(weights):
     compute = torch.bfloat16 if autocast else weights
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         model.setup_cache(2, "cpu", compute)
-        model(tokens(2, 5), start_pos=0)
-        model(tokens(2, 1), start_pos=5)
+        model(tokens(2, 5, V), start_pos=0)
+        model(tokens(2, 1, V), start_pos=5)
     for b in model.backbone.layers:
         assert b.mixer.conv_state.dtype == compute
         assert b.mixer.ssm_state.dtype == torch.promote_types(weights, torch.float32)
@@ -308,7 +278,7 @@ def test_recompute_scan_gives_equal_gradients():
     a = Model(tiny()).double()
     b = Model(tiny(recompute_scan=True)).double()
     b.load_state_dict(a.state_dict())
-    idx, targets = tokens(2, 32), tokens(2, 32, seed=2)
+    idx, targets = tokens(2, 32, V), tokens(2, 32, V, seed=2)
     la, lb = a(idx, targets)[1], b(idx, targets)[1]
     la.backward()
     lb.backward()
@@ -320,7 +290,7 @@ def test_recompute_scan_gives_equal_gradients():
 def test_loss_at_init_is_ln_vocab():
     torch.manual_seed(0)
     model = Model(tiny())
-    idx, targets = tokens(4, 64), tokens(4, 64, seed=2)
+    idx, targets = tokens(4, 64, V), tokens(4, 64, V, seed=2)
     _, loss = model(idx, targets)
     assert abs(loss.item() - math.log(V)) < 0.05
     masked = targets.clone()

@@ -1,9 +1,11 @@
 """Tests for models/moe.py: parity with transformers' Mixtral (logits, load-balancing loss, total loss), the Switch
 router and capacity dropping against SwitchTransformersSparseMLP and a hand-computed case, both expert paths (the
-grouped matmul and the decode loop) against a per-token loop, sparse upcycling from models/llama.py (function and
-CLI), and cached generation == a full-forward greedy loop. Comparisons run in float64 with bounds relative to the
-output scale (float32 summation order differs between CPUs), except one float32 smoke check against Mixtral."""
+grouped matmul and the decode loop) against a per-token loop and each other, sparse upcycling from models/llama.py
+(upcycle_from_dense and Model.adapt_state_dict, which train.py --init_from calls), and cached generation == a
+full-forward greedy loop. Comparisons run in float64 with bounds relative to the output scale (float32 summation
+order differs between CPUs), except one float32 smoke check against Mixtral."""
 
+import dataclasses
 import math
 
 import pytest
@@ -12,15 +14,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import transformers
 
+from conftest import cached_step_logits, full_forward_greedy, rel_diff
 from models import llama
-from models.moe import MoE, Config, Model, grouped_matmul, grouped_matmul_loop, main, upcycle_from_dense
+from models.moe import MoE, Config, Model, grouped_matmul, grouped_matmul_loop, upcycle_from_dense
 
 TINY = dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=48,
             n_expert=4, top_k=2, tie_embeddings=False)
 
 
 def randomize_(model, std=0.15):
-    """Random weights larger than the 0.02 init (norm gains around 1), so routing and logits are far from flat."""
+    """Random weights larger than the 0.02 init (norm gains around 1), so routing and logits are far from flat.
+    Not conftest's scale_up: the global RNG and normal norm gains, the numbers these tests' bounds were set on."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else std * torch.randn_like(p))
@@ -44,11 +48,6 @@ def hf_model(model):
     ref = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs, **HF_FLOAT64))
     ref.load_state_dict(sd)
     return ref.to(model.output.weight.dtype)
-
-
-def max_rel_diff(a, b):
-    """max |a - b| relative to the scale of b (the logits' largest magnitude)."""
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def swiglu(x, w1, w2, w3):
@@ -76,7 +75,7 @@ def test_mixtral_parity_logits_and_losses():
         out = ref(idx, labels=idx)
         logits, _ = model(idx)
     assert logits.dtype == torch.float64
-    diff = max_rel_diff(logits, out.logits)
+    diff = rel_diff(logits, out.logits)
     assert diff < HF_ROUTER_FLOAT32, diff
     # Routing must be non-trivial for the comparison to mean something: several experts get tokens in each layer.
     assert all((r.topk(2, dim=-1).indices.unique().numel() == 4) for r in out.router_logits)
@@ -120,7 +119,7 @@ def test_to_hf_roundtrip_tied_embeddings():
         ref = hf_model(model).eval()
         with torch.no_grad():
             logits = model(idx)[0]
-            diff = max_rel_diff(logits, ref(idx).logits)
+            diff = rel_diff(logits, ref(idx).logits)
         assert logits.dtype == dtype and diff < bound, (dtype, diff)
 
 
@@ -167,7 +166,7 @@ def test_dispatch_equals_per_token_loop(router, top_k, path, monkeypatch):
     with torch.no_grad():
         y = layer(x)
     ref = per_token_reference(layer, x.view(-1, 32)).view(2, 13, 32)
-    assert max_rel_diff(y, ref) < 1e-12
+    assert rel_diff(y, ref) < 1e-12
 
 
 def test_grouped_matmul_kernel_and_loop_fallback_agree():
@@ -176,10 +175,10 @@ def test_grouped_matmul_kernel_and_loop_fallback_agree():
     offs = torch.tensor([8, 8, 40], dtype=torch.int32)  # an empty group in the middle
     ref = torch.cat([x[:8] @ w[0].T, x[8:] @ w[2].T])
     # The kernel has no float64: in float32 it is held to float32 rounding of 16-term dot products, far below 1e-5.
-    assert max_rel_diff(grouped_matmul(x.float(), w.float(), offs), ref) < 1e-5
+    assert rel_diff(grouped_matmul(x.float(), w.float(), offs), ref) < 1e-5
     # float64 (the exact tests) takes the per-expert loop, as float16/float32 on a GPU and MPS do: the same function.
-    assert max_rel_diff(grouped_matmul(x, w, offs), ref) < 1e-14
-    assert max_rel_diff(grouped_matmul_loop(x, w, offs), ref) < 1e-14
+    assert rel_diff(grouped_matmul(x, w, offs), ref) < 1e-14
+    assert rel_diff(grouped_matmul_loop(x, w, offs), ref) < 1e-14
 
 
 def test_switch_router_and_capacity_match_switch_transformers():
@@ -212,7 +211,7 @@ def test_switch_router_and_capacity_match_switch_transformers():
     with torch.no_grad():
         y = layer(x, stats)
         y_ref = ref(x)
-    assert max_rel_diff(y, y_ref) < 1e-12
+    assert rel_diff(y, y_ref) < 1e-12
     # Dropped = overflow beyond capacity of each expert in each sequence, counted by hand from the routing.
     choice = (x @ layer.router.weight.T).argmax(-1)  # (B, T)
     counts = F.one_hot(choice, E).sum(1)  # (B, E)
@@ -242,7 +241,7 @@ def test_capacity_hand_computed_top2_priority():
     first = [0, 0, 1, 1]
     expected = torch.stack([w_first * swiglu(x[0, t], layer.w1[e], layer.w2[e], layer.w3[e])
                             for t, e in enumerate(first)])
-    assert max_rel_diff(y[0], expected) < 1e-12
+    assert rel_diff(y[0], expected) < 1e-12
 
 
 def test_capacity_all_to_one_expert_drops_the_tail_and_zeroes_it():
@@ -333,11 +332,7 @@ def test_bad_configs_raise():
 def dense_llama(seed=0):
     torch.manual_seed(seed)
     cfg = llama.Config(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=48)
-    dense = llama.Model(cfg).eval()
-    with torch.no_grad():
-        for name, p in dense.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.15 * torch.randn_like(p))
-    return dense
+    return randomize_(llama.Model(cfg).eval())
 
 
 @pytest.mark.parametrize("moe_every", [1, 2])
@@ -350,31 +345,50 @@ def test_upcycled_model_equals_dense(moe_every):
     moe.double(), dense.double()
     idx = torch.randint(0, 96, (2, 24))
     with torch.no_grad():
-        diff = max_rel_diff(moe(idx)[0], dense(idx)[0])
+        diff = rel_diff(moe(idx)[0], dense(idx)[0])
     assert diff < 1e-12, diff
     assert moe.layers[moe.moe_layers[0]].feed_forward.router.weight.std().item() < 0.01  # router starts small
 
 
-def test_upcycle_cli_writes_a_trainable_checkpoint(tmp_path):
+def moe_config_of(dense, **moe):
+    return Config(**{**{k: v for k, v in dense.config.__dict__.items() if k in Config.__dataclass_fields__}, **moe})
+
+
+@pytest.mark.parametrize("router,top_k", [("mixtral", 2), ("switch", 1)])
+def test_adapt_state_dict_upcycles_a_llama_checkpoint(router, top_k):
+    """What train.py --init_from does with a llama checkpoint and a moe config: adapt_state_dict(weights, 'llama',
+    the checkpoint's config dict). With the Mixtral router the upcycled model is the dense one exactly (float64)."""
     dense = dense_llama(1)
-    src, dst = tmp_path / "llama.pt", tmp_path / "moe.pt"
-    torch.save({"model": dense.state_dict(), "model_name": "llama", "model_config": dense.config.__dict__,
-                "iter_num": 100}, src)
-    main(["--upcycle", str(src), str(dst), "--n_expert", "4", "--top_k", "2"])
-    ckpt = torch.load(dst, weights_only=True)
-    assert ckpt["model_name"] == "moe" and ckpt["iter_num"] == 0 and not (tmp_path / "moe.pt.tmp").exists()
-    assert ckpt["model_config"]["n_expert"] == 4 and ckpt["model_config"]["n_embd"] == 32
-    moe = Model(Config(**ckpt["model_config"])).eval()
-    moe.load_state_dict(ckpt["model"])
+    sd, src_cfg = dense.state_dict(), dataclasses.asdict(dense.config)
+    moe = Model(moe_config_of(dense, n_expert=4, top_k=top_k, router=router)).eval()
+    moe.load_state_dict(moe.adapt_state_dict(sd, "llama", src_cfg))
+    for i in moe.moe_layers:  # every expert a copy of the dense FFN, the router small
+        ffn = moe.layers[i].feed_forward
+        assert all(torch.equal(ffn.w1[e], sd[f"layers.{i}.feed_forward.w1.weight"]) for e in range(4))
+        assert 0 < ffn.router.weight.std().item() < 0.01
     moe.double(), dense.double()
-    idx = torch.randint(0, 96, (1, 16))
+    idx = torch.randint(0, 96, (2, 16))
     with torch.no_grad():
-        assert max_rel_diff(moe(idx)[0], dense(idx)[0]) < 1e-12
-    with pytest.raises(SystemExit):  # not a llama checkpoint
-        main(["--upcycle", str(dst), str(tmp_path / "again.pt")])
-    for bad in (["--upcycle", str(src)], ["--upcycle", str(src), str(dst), "--top_k", "two"], [str(src)]):
-        with pytest.raises(SystemExit, match="usage: python -m models.moe --upcycle"):
-            main(bad)
+        diff = rel_diff(moe(idx)[0], dense(idx)[0])
+    assert diff < 1e-12 if router == "mixtral" else diff > 1e-3  # Switch scales the FFN by its probability ~1/E
+
+
+def test_adapt_state_dict_refuses_what_does_not_fit():
+    dense = dense_llama(1)
+    sd, src_cfg = dense.state_dict(), dataclasses.asdict(dense.config)
+    moe = Model(moe_config_of(dense, n_expert=4))
+    for source, cfg, match in (
+            ("gpt2", src_cfg, "not models/gpt2.py"),
+            ("llama", {**src_cfg, "sliding_window": 8}, "sliding_window=8"),
+            ("llama", {**src_cfg, "n_layer": 3}, r"n_layer=3 \(checkpoint\) vs 2"),
+            ("llama", {**src_cfg, "rope_theta": 5e5}, "rope_theta=500000.0"),
+            ("llama", {**src_cfg, "tie_embeddings": False}, "tie_embeddings=False")):
+        with pytest.raises(ValueError, match=match):
+            moe.adapt_state_dict(sd, source, cfg)
+    # The FFN hidden size is read from the dense weights (a checkpoint's config may predate ffn_hidden).
+    wide = Model(moe_config_of(dense, n_expert=4, ffn_hidden=64))
+    with pytest.raises(ValueError, match=r"ffn_hidden=48 \(checkpoint\) vs 64"):
+        wide.adapt_state_dict(sd, "llama", src_cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -386,21 +400,15 @@ def test_cached_generate_equals_full_forward_greedy():
     model = randomize_(Model(Config(**{**TINY, "moe_every": 2, "n_layer": 2}))).eval().double()
     idx = torch.randint(0, 96, (2, 5))
     out = model.generate(idx, 20, temperature=0)
-    seq = idx
     with torch.no_grad():
-        for _ in range(20):
-            logits, _ = model(seq)
-            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        seq = full_forward_greedy(model, idx, 20)  # 25 tokens, within block_size 32: the whole sequence each step
     assert torch.equal(out, seq)
     assert seq[:, 5:].unique().numel() > 3  # not a single repeated token
     # Per-step logits agree too: the cache path against a full forward over the same tokens.
-    model.setup_cache(2, idx.device, torch.float64)
     with torch.no_grad():
-        step = [model(seq[:, :5], start_pos=0)[0][:, -1]]
-        step += [model(seq[:, t:t + 1], start_pos=t)[0][:, -1] for t in range(5, 24)]
+        step = cached_step_logits(model, seq[:, :24], 5)[:, 4:]
         full = model(seq[:, :24])[0][:, 4:]
-    model.free_cache()
-    assert max_rel_diff(torch.stack(step, 1), full) < 1e-12
+    assert rel_diff(step, full) < 1e-12
 
 
 def test_decode_step_runs_only_the_routed_rows(monkeypatch):
@@ -426,16 +434,21 @@ def test_decode_step_runs_only_the_routed_rows(monkeypatch):
         model(idx[:, :24], start_pos=0)
         grouped = model(idx[:, 24:], start_pos=24)[0]
     model.free_cache()
-    assert max_rel_diff(step, grouped) < 1e-12
+    assert rel_diff(step, grouped) < 1e-12
 
 
-def test_expert_paths_agree_with_dropped_assignments():
-    """The decode loop and the grouped path on the same routing, capacity drops included (training), float64."""
-    layer = moe_layer(n_expert=4, top_k=2, capacity_factor=1.0).train()
+@pytest.mark.parametrize("router,top_k,capacity_factor",
+                         [("mixtral", 2, 1.0), ("mixtral", 3, None), ("switch", 1, 1.0)])
+def test_expert_paths_agree_with_dropped_assignments(router, top_k, capacity_factor):
+    """experts_loop (the plain definition) and experts_grouped (its fast version) on the same routing, capacity drops
+    included (training), float64."""
+    layer = moe_layer(n_expert=5, top_k=top_k, router=router, capacity_factor=capacity_factor).train()
     x = torch.randn(2, 13, 32, dtype=torch.float64).view(-1, 32)
     with torch.no_grad():
         _, _, experts, _ = layer.route(x)
-        keep = layer.capacity_mask(experts, 2, 13)
-        assert not keep.all()
+        keep = torch.ones_like(experts, dtype=torch.bool) if capacity_factor is None else \
+            layer.capacity_mask(experts, 2, 13)
+        assert keep.all() == (capacity_factor is None)
         y_loop, y_grouped = layer.experts_loop(x, experts, keep), layer.experts_grouped(x, experts, keep)
-    assert torch.all(y_loop[~keep] == 0) and max_rel_diff(y_loop, y_grouped) < 1e-12
+    assert torch.all(y_loop[~keep] == 0) and torch.all(y_loop[keep].abs().sum(-1) > 0)
+    assert rel_diff(y_loop, y_grouped) < 1e-12

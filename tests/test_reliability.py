@@ -418,7 +418,7 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
      r"--input PATH`"),
     ("dataset missing, no prepare script", "train.py", ["--dataset=nothere"], None, None,
      r"dataset 'nothere' not found \(data/nothere/meta.json is missing\) and there is no \S*prepare/nothere.py to make "
-     r"it; write data/nothere/\{train,val\}.bin and meta.json as prepare/common.py does, or pick one of: "
+     r"it; write data/nothere/\{train,val\}.bin and meta.json as prepare/bins.py does, or pick one of: "
      r".*shakespeare_char"),
     ("empty bin", "train.py", [], tokens("val.bin", []), None,
      r"data/tiny/val.bin has 0 tokens, too few for block_size 32; use a smaller block_size or more data$"),
@@ -482,7 +482,7 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
     ("sample: empty prompt", "sample.py", ["--ckpt=c.pt", "--start=", *SAMPLE],
      lambda d, ckpt: shutil.copy(ckpt, d / "c.pt"), None, r"--start is empty; give at least one character or token$"),
     ("sample: prompt file missing", "sample.py", ["--ckpt=c.pt", "--start=FILE:nope.txt", *SAMPLE],
-     lambda d, ckpt: shutil.copy(ckpt, d / "c.pt"), None, r"--start FILE:nope.txt: no such file$"),
+     lambda d, ckpt: shutil.copy(ckpt, d / "c.pt"), None, r"--start=FILE:nope.txt: no such file$"),
     ("sample: the checkpoint's model file is gone", "sample.py", ["--ckpt=out", *SAMPLE],
      edit_ckpt(lambda c: c.update(model_name="gone")), None, r"unknown model 'gone': there is no models/gone.py"),
     ("sample: a setting the model file no longer has", "sample.py", ["--ckpt=out", *SAMPLE],
@@ -490,19 +490,20 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
      r"models/gpt2.py's Config has no field\(s\) n_expert; was the model file edited\?$"),
     ("sample: weights that do not fit the model file", "sample.py", ["--ckpt=out", *SAMPLE],
      edit_ckpt(lambda c: c["model"].pop("transformer.wpe.weight")), None,
-     r"the weights in out do not fit models/gpt2.py as it is now; was the model file edited after training\?$"),
+     r"the weights in out do not fit models/gpt2.py as configured here: missing transformer.wpe.weight; was the model "
+     r"file edited after training\?$"),
     ("sample: top_k 0", "sample.py", ["--ckpt=out", *SAMPLE, "--top_k=0"], None, None,
-     r"--top_k=0 must be at least 1 \(1 is greedy"),
+     r"--top_k=0 must be at least 1 \(1 is greedy; --top_k=None keeps every token\)$"),
     ("sample: negative temperature", "sample.py", ["--ckpt=out", *SAMPLE, "--temperature=-0.5"], None, None,
      r"--temperature=-0.5 must be 0 \(greedy\) or more$"),
     ("sample: top_p above 1", "sample.py", ["--ckpt=out", *SAMPLE, "--top_p=1.5"], None, None,
      r"--top_p=1.5 must be in \(0, 1\]"),
     ("sample: top_p 0", "sample.py", ["--ckpt=out", *SAMPLE, "--top_p=0"], None, None,
-     r"--top_p=0.0 must be in \(0, 1\]"),
+     r"--top_p=0 must be in \(0, 1\]"),
     ("sample: negative max_new_tokens", "sample.py", ["--ckpt=out", *SAMPLE, "--max_new_tokens=-3"], None, None,
      r"--max_new_tokens=-3 must be 0 or more$"),
     ("sample: a malformed option", "sample.py", ["--ckpt=out", "--num_samples=abc"], None, None,
-     r"argument --num_samples: invalid int value: 'abc'; see python sample.py --help$"),
+     r"num_samples='abc' has type str, expected int$"),
     # prepare/
     ("prepare: vocabulary too large for uint16", "prepare/shakespeare_char.py", ["--input=big.txt", "--out_dir=dd"],
      big_alphabet, None, r"vocab_size 70000 does not fit in uint16 token bins \(max 65536 tokens\)$"),

@@ -13,6 +13,7 @@ import types
 import pytest
 import torch
 
+from conftest import cached_step_logits, rel_diff, sharpen, tokens
 from models.retnet import (Config, Model, advance_state, decay_rates, retention_chunkwise, retention_parallel,
                            retention_recurrent)
 
@@ -27,10 +28,8 @@ def make_model(scale=1.0, emb_scale=None, seed=0, dtype=torch.float64, **kw):
     cfg = dict(vocab_size=V, block_size=64, n_layer=2, n_head=2, n_embd=32, chunk_size=8)
     cfg.update(kw)
     model = Model(Config(**cfg)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.mul_(scale if name.startswith("transformer.h.") else (emb_scale or scale))
+    sharpen(model, lambda name, p: (scale if name.startswith("transformer.h.") else (emb_scale or scale))
+            if p.dim() == 2 else 1.0)
     return model.to(dtype)
 
 
@@ -43,18 +42,6 @@ def forward_mode(model, idx, mode):
     set_mode(model, mode)
     logits, _ = model(idx)
     return logits
-
-
-def forward_recurrent(model, idx):
-    """Token by token through the recurrent form only (start_pos with one token per call)."""
-    model.setup_cache(idx.size(0), idx.device, model.lm_head.weight.dtype)
-    out = [model(idx[:, t:t + 1], start_pos=t)[0] for t in range(idx.size(1))]
-    model.free_cache()
-    return torch.cat(out, dim=1)
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 TIGHT = 1e-12  # float64, relative: the forms and torchscale agree to 6e-16 .. 2e-14; room for any CPU
@@ -87,11 +74,11 @@ def test_retention_forms_equal_raw(T, chunk):
 def test_model_forms_agree(T):
     """Full-model logits: parallel == chunkwise (chunk 8, T divisible or not) == recurrent (one token at a time)."""
     model = make_model(scale=4.0)
-    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(T))
+    idx = tokens(2, T, V, seed=T)
     with torch.no_grad():
         par = forward_mode(model, idx, "parallel")
         chk = forward_mode(model, idx, "chunkwise")
-        rec = forward_recurrent(model, idx)
+        rec = cached_step_logits(model, idx, 1)  # token by token: the recurrent form only
     assert par.dtype == torch.float64 and par.std() > 0.3  # logits are not flat: the comparison means something
     assert rel_diff(chk, par) < TIGHT, rel_diff(chk, par)
     assert rel_diff(rec, par) < TIGHT, rel_diff(rec, par)
@@ -99,8 +86,8 @@ def test_model_forms_agree(T):
 
 def test_chunkwise_and_parallel_gradients_agree():
     """Training with either form gives the same loss and gradients (T = 29 is not a multiple of chunk_size 8)."""
-    idx = torch.randint(0, V, (2, 29), generator=torch.Generator().manual_seed(1))
-    tgt = torch.randint(0, V, (2, 29), generator=torch.Generator().manual_seed(2))
+    idx = tokens(2, 29, V, seed=1)
+    tgt = tokens(2, 29, V, seed=2)
     grads, losses = [], []
     for mode in ("parallel", "chunkwise"):
         model = make_model(scale=3.0, retention_mode=mode).train()
@@ -117,7 +104,7 @@ def test_prompt_chunks_then_tokens_match_parallel():
     """The generation path: a prompt chunk from position 0, a second multi-token chunk continuing from the state,
     then single recurrent steps, all equal the parallel forward of the whole sequence."""
     model = make_model(scale=4.0)
-    idx = torch.randint(0, V, (2, 40), generator=torch.Generator().manual_seed(3))
+    idx = tokens(2, 40, V, seed=3)
     with torch.no_grad():
         full = forward_mode(model, idx, "parallel")
         model.setup_cache(2, "cpu", torch.float64)
@@ -135,7 +122,7 @@ def test_generate_equals_greedy_full_forwards():
     """generate (prompt once, then recurrent steps) == greedy decoding by re-running the parallel form on the whole
     sequence each step; tokens and the logits behind them. It runs past block_size (16): no length limit."""
     model = make_model(scale=8.0, emb_scale=5.0, block_size=16)  # tokens vary; the top-2 logit gap stays > 1e-3
-    prompt = torch.randint(0, V, (2, 11), generator=torch.Generator().manual_seed(4))
+    prompt = tokens(2, 11, V, seed=4)
     out = model.generate(prompt, max_new_tokens=30, temperature=0)
     assert out.shape == (2, 41)
     assert torch.equal(out[:, :11], prompt)
@@ -184,7 +171,7 @@ def test_no_overflow_at_4096():
     """T = 4096 with 4 heads (gamma up to 1 - 2^-8): in float32 (where exp overflows first) parallel, chunkwise and,
     after a 4090-token prompt, recurrent steps are finite; in float64 the three agree."""
     model = make_model(scale=4.0, n_layer=1, n_head=4, n_embd=32, vocab_size=50, chunk_size=64, dtype=torch.float32)
-    idx = torch.randint(0, 50, (1, 4096), generator=torch.Generator().manual_seed(5))
+    idx = tokens(1, 4096, 50, seed=5)
     assert all(torch.isfinite(out).all() for out in run_4096(model, idx))
     par, chk, rec = run_4096(model.double(), idx)
     assert rel_diff(chk, par) < TIGHT, rel_diff(chk, par)
@@ -203,7 +190,7 @@ def test_loss_at_init_is_ln_vocab():
 def test_bf16_autocast_and_bf16_weights():
     """CPU stand-in for CUDA bf16 autocast: both training forms and generate run, finite, close to float32."""
     model = make_model(scale=2.0, dtype=torch.float32)
-    idx = torch.randint(0, V, (2, 21), generator=torch.Generator().manual_seed(7))
+    idx = tokens(2, 21, V, seed=7)
     ref = forward_mode(model, idx, "parallel")
     for mode in ("parallel", "chunkwise"):
         set_mode(model, mode)
@@ -226,7 +213,7 @@ def test_bf16_recurrent_decoding_stays_close_to_float32():
     decay by exactly 1.0 and their state only grows)."""
     model = make_model(scale=2.0, n_head=8, n_embd=64, dtype=torch.float32)
     T, P = 300, 20
-    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(9))
+    idx = tokens(2, T, V, seed=9)
     with torch.no_grad():
         ref = forward_mode(model, idx, "parallel")
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -247,7 +234,7 @@ def test_state_decays_below_one_in_every_head(weights):
     rounded to bf16 is exactly 1 for h >= 4). With W_K = 0 nothing is added, so the state is only decayed."""
     model = make_model(n_head=8, n_embd=64, dtype=weights)
     r = model.transformer.h[0].retention
-    idx = torch.randint(0, V, (1, 4), generator=torch.Generator().manual_seed(10))
+    idx = tokens(1, 4, V, seed=10)
     compute = weights if weights == torch.float64 else torch.bfloat16
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights == torch.float32):
         r.k_proj.weight.zero_()
@@ -363,7 +350,7 @@ def torchscale_forms(model, idx, RetNetConfig, RetNetDecoder):
 def test_parity_with_torchscale(monkeypatch):
     """float64, all three of torchscale's forms against our parallel form, bound near float64 rounding."""
     RetNetConfig, RetNetDecoder = import_torchscale(monkeypatch)
-    idx = torch.randint(0, V, (2, 21), generator=torch.Generator().manual_seed(8))
+    idx = tokens(2, 21, V, seed=8)
     # At the usual eps 1e-6 torchscale's parallel and recurrent forms apply the same normalisations as ours. Its
     # chunkwise form rescales differently (from its parallel form too): the rescalings cancel only where the group
     # norm is exactly scale-invariant, i.e. eps -> 0 (at 1e-6 it differs by ~1e-4). So all three at eps 1e-20.
@@ -383,7 +370,7 @@ def test_parity_with_torchscale(monkeypatch):
 def test_parity_with_torchscale_float32_smoke(monkeypatch):
     """The same in float32, as trained, with a bound that holds on any CPU (summation order differs)."""
     RetNetConfig, RetNetDecoder = import_torchscale(monkeypatch)
-    idx = torch.randint(0, V, (2, 21), generator=torch.Generator().manual_seed(8))
+    idx = tokens(2, 21, V, seed=8)
     model = make_model(scale=4.0, dtype=torch.float32)
     ref = torchscale_copy(model, RetNetConfig, RetNetDecoder)
     with torch.no_grad():

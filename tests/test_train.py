@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from common import peak_flops_of
+from common.data import get_batch, sample_starts
+from common.devices import peak_flops_of
 from conftest import ROOT, SHAKESPEARE, TINY, copy_repo, corpus_text, run
 from models import gpt2
-from train import DEFAULTS, get_batch, get_lr, sample_starts
+from train import DEFAULTS, get_lr
 
 
 def logged(out, kind):
@@ -205,3 +206,19 @@ def test_schedules():
 
 
 # Bad settings (unknown key, wrong type, missing config/model/dataset, ...) are in test_reliability.py's catalogue.
+
+
+def test_init_from_a_llama_checkpoint_upcycles_a_moe(workdir):
+    """--init_from a checkpoint of another model file goes through that model's adapt_state_dict: a MoE config
+    started from a dense Llama computes the Llama's function at step 0 (every expert a copy of its FFN)."""
+    shape = ["--n_layer=2", "--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"]
+    args = [a for a in TINY if not a.startswith(("--model", "--n_layer", "--n_head", "--n_embd"))] + shape
+    dense = run("train.py", *args, "--model=llama", "--out_dir=dense", cwd=workdir).stdout
+    moe = run("train.py", *args, "--model=moe", "--n_expert=4", "--init_from=dense/ckpt.pt", "--max_iters=0",
+              "--out_dir=moe", cwd=workdir).stdout
+    assert logged(moe, "step")[0] == logged(dense, "step")[20]
+    p = run("train.py", *args, "--model=moe", "--n_expert=4", "--n_layer=3", "--init_from=dense/ckpt.pt",
+            "--out_dir=moe3", cwd=workdir, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "cannot start models/moe.py from dense/ckpt.pt, a models/llama.py checkpoint: " in p.stderr
+    assert "n_layer" in p.stderr

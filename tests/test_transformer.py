@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import models.transformer
+from conftest import rel_diff, tokens
 from models.transformer import Config, Model, sinusoidal_encoding
 
 TINY = dict(vocab_size=61, block_size=16, src_len=6, d_model=32, n_head=4, d_ff=64,
@@ -20,10 +21,6 @@ TINY = dict(vocab_size=61, block_size=16, src_len=6, d_model=32, n_head=4, d_ff=
 
 
 TIGHT = 1e-12  # float64, relative to the scale of what is compared: measured 4e-16 .. 3e-15
-
-
-def rel_diff(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def tiny_model(seed=0, dtype=torch.float32, **overrides):
@@ -34,7 +31,8 @@ def tiny_model(seed=0, dtype=torch.float32, **overrides):
 
 def randomize_(model, std=0.3):
     """Random values for every parameter (LayerNorm gains/biases and Linear biases start at 1/0), so parity and
-    greedy-decoding comparisons are not helped by trivial weights or flat logits."""
+    greedy-decoding comparisons are not helped by trivial weights or flat logits. Not conftest's scale_up: the
+    global RNG, LayerNorm gains 1 + std * N(0, 1) (its norms are named ln_), the numbers these tests were set on."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "ln_" in name and name.endswith("weight"):
@@ -274,7 +272,7 @@ def test_first_token_of_a_long_prompt_is_forward_over_its_last_block():
     """The prompt is not cut to src_len or block_size // 2 before the first token: generation reads its last
     block_size tokens as forward does."""
     model = randomize_(tiny_model(dtype=torch.float64))
-    prompt = torch.randint(0, 61, (3, 23), generator=torch.Generator().manual_seed(7))
+    prompt = tokens(3, 23, 61, seed=7)
     first = model.generate(prompt, 1, temperature=0)[:, -1]
     with torch.no_grad():
         logits = model(prompt[:, -16:])[0][:, -1]

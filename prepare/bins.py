@@ -2,7 +2,7 @@
 
 Every prepare script writes data/<dataset>/{train,val}.bin (flat uint16 token ids, read with np.memmap) and
 meta.json (vocab_size, tokenizer and, for character-level data, the vocabulary itself). Files appear under their
-final names only when complete (write to a temporary name, then os.replace), so an interrupted run never leaves a
+final names only when complete (common/checkpoints.py's atomic_write: a temporary name, fsync, then os.replace), so an interrupted run never leaves a
 bin that train.py would accept.
 """
 
@@ -13,13 +13,11 @@ import urllib.request
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import die  # noqa: E402,F401  (the prepare scripts import die from here)
+from common.checkpoints import atomic_write  # noqa: E402,F401  (text.py uses it too)
+
 UINT16_MAX = 65535
-
-
-def die(msg):
-    """One clear line on stderr and a non-zero exit: how every prepare script reports a mistake."""
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(1)
 
 
 def read_text(input_path, url, out_dir, script):
@@ -43,10 +41,8 @@ def read_text(input_path, url, out_dir, script):
         die(f"could not download {url} ({e.__class__.__name__}); fetch it elsewhere and run "
             f"`python {script} --input PATH` (or save it as {cached})")
     os.makedirs(out_dir, exist_ok=True)
-    tmp = atomic_path(cached)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(cached, "w") as f:
         f.write(text)
-    os.replace(tmp, cached)
     return text
 
 
@@ -60,30 +56,16 @@ def check_uint16(ids, vocab_size):
     return ids.astype(np.uint16)
 
 
-def atomic_path(path):
-    return f"{path}.tmp{os.getpid()}"
-
-
 def write_bin(path, ids, vocab_size):
     """Write token ids to `path` as flat uint16, atomically."""
     arr = check_uint16(ids, vocab_size)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            arr.tofile(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        arr.tofile(f)
 
 
 def write_meta(out_dir, meta):
-    tmp = atomic_path(os.path.join(out_dir, "meta.json"))
-    with open(tmp, "w") as f:
+    with atomic_write(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "meta.json"))
 
 
 def split_write(out_dir, ids, meta, val_fraction=0.1):
