@@ -37,6 +37,7 @@ import torch.nn.functional as F
 # (so a new model file is never silently left out). TINY for the CPU dry run, SMALL for the GPU.
 TINY = {
     "gpt2": "--n_layer=2 --n_head=2 --n_embd=32",
+    "lab": "--n_layer=2 --n_head=2 --n_embd=32 --position=alibi --n_kv_head=1 --mod_capacity=0.5",
     "llama": "--n_layer=2 --n_head=2 --n_kv_head=1 --n_embd=32 --ffn_hidden=64",
     "moe": "--n_layer=2 --n_head=2 --n_kv_head=1 --n_embd=32 --ffn_hidden=64 --n_expert=4",
     "retnet": "--n_layer=2 --n_head=2 --n_embd=32",
@@ -45,6 +46,7 @@ TINY = {
 }
 SMALL = {  # 2 layers keep torch.compile short; head dim 64 or 128 so flash attention applies
     "gpt2": "--n_layer=2 --n_head=4 --n_embd=256",
+    "lab": "--n_layer=2 --n_head=4 --n_embd=256 --position=alibi --n_kv_head=2 --mod_capacity=0.5",
     "llama": "--n_layer=2 --n_head=4 --n_kv_head=2 --n_embd=256 --ffn_hidden=768",
     "moe": "--n_layer=2 --n_head=4 --n_kv_head=2 --n_embd=256 --ffn_hidden=768 --n_expert=4",
     "retnet": "--n_layer=2 --n_head=2 --n_embd=256",

@@ -28,13 +28,14 @@ def test_all_modes_with_hf_twin(tmp_path):
 def test_every_model_file_runs_in_bench(tmp_path):
     sizes = {"llama": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"], "mamba": ["--d_model=32"],
              "retnet": ["--n_head=2", "--n_embd=32"], "moe": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88", "--n_expert=4"],
-             "transformer": ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"]}
+             "transformer": ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"],
+             "lab": ["--n_head=2", "--n_embd=32", "--position=t5", "--mod_capacity=0.5"]}
     for model, extra in sizes.items():
         args = [a for a in TINY_BENCH if not a.startswith(("--model", "--n_head", "--n_embd", "--n_layer"))]
         args += [] if model == "transformer" else ["--n_layer=2"]
         p = run("bench.py", *args, f"--model={model}", *extra, "--dtypes=float32", "--results=res.jsonl", cwd=tmp_path)
         assert "Training (forward" in p.stdout, model
-    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 5
+    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 6
 
 
 def test_bench_bad_input_one_line(tmp_path):

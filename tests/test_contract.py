@@ -22,6 +22,7 @@ from conftest import ROOT, full_forward_greedy, sharpen, tokens
 V = 61  # vocabulary of the tiny models
 TINY = {
     "gpt2": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32),
+    "lab": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, mod_capacity=0.5),
     "llama": dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64),
     "moe": dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=32,
                 n_expert=4, top_k=2),
