@@ -7,6 +7,7 @@ file works unchanged.
     python bench.py config/llama_125m.py --modes=train --compile=True --batch_size=8
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
     python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
+    python bench.py --ladder config/ladder [--quick]                 # the ablation ladder: seeds, two protocols
 
 Model settings come from the config file and --key=value, as for train.py. The training settings a config file
 holds are left out (with a note); given on the command line they are an error, since they would change nothing. Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
@@ -28,7 +29,7 @@ from common import die
 from common.data import load_meta
 from common.devices import autocast_for, device_name, peak_flops, pick_device, pick_dtype
 from common.settings import build_model, parse_config
-from common.study import compare
+from common.study import compare, ladder
 from train import DEFAULTS as TRAIN_DEFAULTS
 
 DEFAULTS = {
@@ -319,4 +320,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    compare(sys.argv[2:]) if sys.argv[1:2] == ["--compare"] else main(sys.argv[1:])  # --compare: common/study.py
+    studies = {"--compare": compare, "--ladder": ladder}  # common/study.py
+    studies[sys.argv[1]](sys.argv[2:]) if sys.argv[1:2] and sys.argv[1] in studies else main(sys.argv[1:])

@@ -24,34 +24,55 @@ from common import die
 from common.settings import ROOT
 
 
+def run_one(configs, overrides, out_dir, label):
+    """Train once (train.py with these config files and overrides) into out_dir, unless a finished run with the same
+    command and config contents is there already; -> (run dict, whether it ran now)."""
+    cmd = [os.path.join(ROOT, "train.py"), *configs, *overrides, f"--out_dir={out_dir}", "--sample_tokens=0"]
+    key = hashlib.sha1(json.dumps([cmd[1:], [open(c).read() for c in configs]]).encode()).hexdigest()
+    marker, log_path = os.path.join(out_dir, "study_run.json"), os.path.join(out_dir, "log.jsonl")
+    done = os.path.isfile(marker) and os.path.isfile(log_path) and json.load(open(marker)).get("key") == key
+    if not done:
+        if os.path.exists(log_path):
+            os.remove(log_path)
+        print(f"{label}", flush=True)
+        if subprocess.run([sys.executable, *cmd], stdout=subprocess.DEVNULL if QUIET else None).returncode != 0:
+            die(f"training {' '.join(configs + overrides)} failed (its error is above)")
+        with open(marker, "w") as f:
+            json.dump({"key": key, "command": cmd[1:]}, f)
+    with open(log_path) as f:
+        head, *log = [json.loads(line) for line in f]
+    return dict(**head, log=log), not done
+
+
+QUIET = False  # studies with many runs print one line per run instead of train.py's log
+
+
+class Progress:
+    """One line per run: what finished, and about how long the runs still to do will take."""
+
+    def __init__(self, total):
+        self.total, self.seen, self.spent = total, 0, []
+
+    def update(self, name, run, ran, seconds):
+        self.seen += 1
+        self.spent += [seconds] if ran else []
+        left = self.total - self.seen
+        eta = f", about {left * sum(self.spent) / len(self.spent) / 60:.1f} min left" if self.spent and left else ""
+        last = run["log"][-1]
+        print(f"[{self.seen}/{self.total}] {name}: val loss {last['val_loss']:.4f} after {last['time']:.0f} s, "
+              f"{last['tokens'] / 1e6:.2f}M tokens{'' if ran else ' (finished earlier, reused)'}{eta}", flush=True)
+
+
 def run_all(configs, overrides, out_root="out/compare"):
     """Train every config (plus the --key=value overrides) into out_root/<config name>; -> one dict per run with
     the log.jsonl header (model, params, tokens_per_iter, device) and its evaluations under "log"."""
-    runs, spent = [], []
+    runs, progress = [], Progress(len(configs))
     for i, path in enumerate(configs):
         name = os.path.splitext(os.path.basename(path))[0]
-        out_dir = os.path.join(out_root, name)
-        cmd = [os.path.join(ROOT, "train.py"), path, *overrides, f"--out_dir={out_dir}", "--sample_tokens=0"]
-        key = hashlib.sha1(json.dumps([cmd[1:], open(path).read()]).encode()).hexdigest()
-        marker, log_path = os.path.join(out_dir, "study_run.json"), os.path.join(out_dir, "log.jsonl")
-        done = os.path.isfile(marker) and os.path.isfile(log_path) and json.load(open(marker)).get("key") == key
-        if not done:
-            if os.path.exists(log_path):
-                os.remove(log_path)
-            t0 = time.time()
-            print(f"[{i + 1}/{len(configs)}] {path}", flush=True)
-            if subprocess.run([sys.executable, *cmd]).returncode != 0:
-                die(f"training {path} failed (its error is above)")
-            spent.append(time.time() - t0)
-            with open(marker, "w") as f:
-                json.dump({"key": key, "command": cmd[1:]}, f)
-        with open(log_path) as f:
-            head, *log = [json.loads(line) for line in f]
-        runs.append(dict(name=name, **head, log=log))
-        left = len(configs) - i - 1
-        eta = f", about {left * sum(spent) / len(spent) / 60:.1f} min left" if spent and left else ""
-        print(f"[{i + 1}/{len(configs)}] {name}: val loss {log[-1]['val_loss']:.4f} after {log[-1]['time']:.0f} s "
-              f"of training{' (finished earlier, reused)' if done else ''}{eta}", flush=True)
+        t0 = time.time()
+        run, ran = run_one([path], overrides, os.path.join(out_root, name), f"[{i + 1}/{len(configs)}] {path}")
+        progress.update(name, run, ran, time.time() - t0)
+        runs.append(dict(name=name, **run))
     return runs
 
 
@@ -124,3 +145,152 @@ def compare(argv):
     write_table(own["--out"] + ".md", header, rows, f"python bench.py --compare {' '.join(argv)}", runs[0]["device"])
     plot_curves(own["--out"] + ".png", runs, f"every generation on the same data and budget ({runs[0]['device']})")
     return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeds and what a difference between two rows may claim
+
+
+def mean_std(xs):
+    """Mean and sample standard deviation (0 for a single value)."""
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def paired_delta(child, parent):
+    """child - parent over the same seeds (same initial weights' seed, same batches): mean, std, and whether the gap
+    is larger than the spread, the least a claim "A beats B" needs. One seed can claim nothing."""
+    m, sd = mean_std([c - p for c, p in zip(child, parent)])
+    return m, sd, len(child) > 1 and abs(m) > sd
+
+
+def fmt_delta(m, sd, real):
+    return f"{m:+.3f} ± {sd:.3f}" + ("" if real else " (noise)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The ablation ladder: one idea at a time, each row against its parent, over seeds, at equal time and equal tokens
+
+
+LADDER = dict(full=dict(tokens_iters=1000, seconds=12.0, sweep_iters=300, seeds=3, lr_mults=(0.5, 1.0, 2.0)),
+              quick=dict(tokens_iters=20, seconds=2.0, sweep_iters=10, seeds=2, lr_mults=(1.0, 2.0)))
+
+
+def row_info(path):
+    """A row's parent (its `_parent`) and what it changes (its first comment line)."""
+    scope = {}
+    exec(compile(open(path).read(), path, "exec"), scope)
+    first = open(path).readline().lstrip("# ").strip()
+    return scope.get("_parent"), first
+
+
+def ladder(argv):
+    """python bench.py --ladder FOLDER [--quick] [--rows=a,b] [--out=bench/ladder] [--key=value for every run]
+    FOLDER/base.py is the shared recipe; every other .py file in FOLDER is a row. Per row: a learning-rate sweep
+    (budget x lr multipliers, one seed, the best final val loss wins), then per seed two runs that each anneal fully:
+    one over a token budget (equal tokens) and one over a time budget (equal wall-clock)."""
+    from common.settings import read_settings
+
+    folder = next((a for a in argv if not a.startswith("--")), None)
+    if folder is None or not os.path.isfile(os.path.join(folder, "base.py")):
+        die("--ladder needs a folder holding base.py and one config per row, e.g. python bench.py --ladder config/ladder")
+    own = {"--out": "bench/ladder", "--rows": None, "--quick": None}
+    overrides = []
+    for a in argv[1:]:
+        key, eq, val = a.partition("=")
+        if key in own:
+            own[key] = val if eq else "True"
+        elif a.startswith("--"):
+            overrides.append(a)
+    budget = LADDER["quick" if own["--quick"] not in (None, "False") else "full"]
+    base = os.path.join(folder, "base.py")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py") and f != "base.py")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    if own["--rows"]:
+        wanted = own["--rows"].split(",")
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            die(f"--rows: no row {unknown[0]!r} in {folder} (have: {', '.join(names)})")
+        paths, names = [p for p, n in zip(paths, names) if n in wanted], [n for n in names if n in wanted]
+    info = {n: row_info(p) for n, p in zip(names, paths)}
+    lr0 = float(read_settings([base]).get("learning_rate", 1e-3))
+    seeds = [1337 + i for i in range(budget["seeds"])]
+    out_root = os.path.join("out", "ladder")
+    global QUIET
+    QUIET = True
+    progress = Progress(len(paths) * (len(budget["lr_mults"]) + 2 * len(seeds)))
+
+    def train(path, name, tag, extra):
+        t0 = time.time()
+        run, ran = run_one([base, path], overrides + extra, os.path.join(out_root, name, tag), f"{name} {tag}")
+        progress.update(f"{name} {tag}", run, ran, time.time() - t0)
+        return run
+
+    rows = {}
+    for name, path in zip(names, paths):
+        n = budget["sweep_iters"]
+        sweep = {}
+        for m in budget["lr_mults"]:
+            lr = lr0 * m
+            run = train(path, name, f"lr{lr:g}", [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--learning_rate={lr}",
+                                                  f"--min_lr={lr / 10}", f"--eval_interval={n}"])
+            sweep[lr] = run["log"][-1]["val_loss"]
+        lr = min(sweep, key=sweep.get)
+        n, secs = budget["tokens_iters"], budget["seconds"]
+        common = [f"--learning_rate={lr}", f"--min_lr={lr / 10}"]
+        tok = [train(path, name, f"tokens_s{s}", common + [f"--seed={s}", f"--max_iters={n}", f"--lr_decay_iters={n}"])
+               for s in seeds]
+        tim = [train(path, name, f"time_s{s}", common + [f"--seed={s}", f"--max_seconds={secs}",
+                                                        "--max_iters=1000000000"]) for s in seeds]
+        rows[name] = dict(lr=lr, sweep=sweep, tokens=tok, time=tim)
+
+    table, plot = [], []
+    for name in names:
+        r, (parent, change) = rows[name], info[name]
+        val = {p: [run["log"][-1]["val_loss"] for run in r[p]] for p in ("time", "tokens")}
+        deltas = {}
+        for p in ("time", "tokens"):
+            if parent in rows:
+                deltas[p] = paired_delta(val[p], [run["log"][-1]["val_loss"] for run in rows[parent][p]])
+        speed = mean_std([run["log"][-1]["tokens"] / max(run["log"][-1]["time"], 1e-9) for run in r["time"]])[0]
+        mem = max(e["peak_mem_mb"] for run in r["time"] for e in run["log"])
+        cells = [name, parent or "-", change, f"{r['time'][0]['params'] / 1e6:.3f}M", f"{speed:,.0f}", f"{mem:,.0f}",
+                 f"{r['lr']:g}"]
+        for p in ("time", "tokens"):
+            m, sd = mean_std(val[p])
+            cells += [f"{m:.4f} ± {sd:.4f}", fmt_delta(*deltas[p]) if p in deltas else "-"]
+        table.append(cells)
+        plot.append((name, deltas))
+    header = ["row", "parent", "change", "params", "tokens/s", "peak MiB", "lr", f"val loss, {budget['seconds']:g} s",
+              "Δ vs parent (time)", f"val loss, {budget['tokens_iters']} steps", "Δ vs parent (tokens)"]
+    device = rows[names[0]]["time"][0]["device"]
+    write_table(own["--out"] + ".md", header, table, f"python bench.py --ladder {' '.join(argv)}",
+                f"{device}, {len(seeds)} seed(s), mean ± std; '(noise)': the gap is not larger than the spread")
+    plot_deltas(own["--out"] + ".png", plot, device)
+    return table
+
+
+def plot_deltas(path, rows, device):
+    """Each row's val-loss change against its parent, mean ± std over seeds, at equal time and at equal tokens."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed, so no plot: pip install matplotlib")
+        return
+    rows = [(n, d) for n, d in rows if d]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.4 * len(rows) + 1.5), sharey=True)
+    for ax, p in zip(axes, ("time", "tokens")):
+        ax.barh(range(len(rows)), [d[p][0] for _, d in rows], xerr=[d[p][1] for _, d in rows],
+                color=["tab:blue" if d[p][2] else "tab:gray" for _, d in rows])
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"equal {'wall-clock' if p == 'time' else 'tokens'}: val loss change vs parent")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(range(len(rows)), [n for n, _ in rows])
+    axes[0].invert_yaxis()
+    fig.suptitle(f"what each idea buys (grey: inside the seed spread; {device})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")

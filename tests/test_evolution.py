@@ -73,3 +73,37 @@ def test_a_killed_study_resumes_and_a_changed_config_reruns_only_its_run(workdir
     changed = run("bench.py", *args, cwd=workdir).stdout
     assert "[1/2] a_gpt2.py" in changed and "[2/2] b_gpt2.py" not in changed
     assert "b_gpt2: val loss" in changed and "reused" in changed.split("b_gpt2: val loss")[1].split("\n")[0]
+
+
+def test_paired_delta_claims_only_gaps_larger_than_the_spread():
+    from common.study import mean_std, paired_delta
+
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([5.0]) == (5.0, 0.0)
+    m, sd, real = paired_delta([1.50, 1.52, 1.49], [1.60, 1.61, 1.60])  # better on every seed, by ~0.1
+    assert abs(m + 0.1) < 1e-9 and sd < 0.02 and real
+    m, sd, real = paired_delta([1.55, 1.62, 1.58], [1.60, 1.57, 1.60])  # -0.05, +0.05, -0.02: inside the spread
+    assert abs(m + 0.0067) < 1e-3 and not real
+    assert not paired_delta([1.0], [2.0])[2]  # one seed claims nothing
+
+
+LADDER_BASE = CONFIG.replace("max_iters = 12\n", "") + "model = 'lab'\nn_layer = 1\nn_head = 2\nn_embd = 32\n" \
+    "learning_rate = 3e-3\n"
+
+
+def test_ladder_quick_end_to_end_and_resume(workdir):
+    lab = workdir / "lab"
+    lab.mkdir()
+    (lab / "base.py").write_text(LADDER_BASE)
+    (lab / "1_gpt2.py").write_text("# GPT-2's choices.\nmodel = 'lab'\n_parent = None\n")
+    (lab / "2_rmsnorm.py").write_text("# + RMSNorm.\nmodel = 'lab'\nnorm = 'rmsnorm'\n_parent = '1_gpt2'\n")
+    p = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir)
+    assert "[12/12]" in p.stdout  # 2 rows x (2 learning rates + 2 seeds x 2 protocols)
+    table = (workdir / "res" / "ladder.md").read_text().splitlines()
+    assert table[0].startswith("| row | parent | change |") and len([r for r in table if r.startswith("| 2_")]) == 1
+    row = [r for r in table if r.startswith("| 2_rmsnorm")][0].split(" | ")
+    assert row[1] == "1_gpt2" and row[2] == "+ RMSNorm." and "±" in row[7] and "±" in row[8] and "±" in row[10]
+    assert matplotlib.image.imread(workdir / "res" / "ladder.png").shape[0] > 100
+    again = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir).stdout
+    assert again.count("(finished earlier, reused)") == 12
+    p = run("bench.py", "--ladder", "lab", "--quick", "--rows=9_nope", cwd=workdir, check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "--rows: no row '9_nope'" in p.stderr
