@@ -172,7 +172,7 @@ def fmt_delta(m, sd, real):
 # The ablation ladder: one idea at a time, each row against its parent, over seeds, at equal time and equal tokens
 
 
-LADDER = dict(full=dict(tokens_iters=1000, seconds=12.0, sweep_iters=300, seeds=3, lr_mults=(0.5, 1.0, 2.0)),
+LADDER = dict(full=dict(tokens_iters=600, seconds=10.0, sweep_iters=200, seeds=3, lr_mults=(0.5, 1.0, 2.0)),
               quick=dict(tokens_iters=20, seconds=2.0, sweep_iters=10, seeds=2, lr_mults=(1.0, 2.0)))
 
 
@@ -213,6 +213,10 @@ def ladder(argv):
             die(f"--rows: no row {unknown[0]!r} in {folder} (have: {', '.join(names)})")
         paths, names = [p for p, n in zip(paths, names) if n in wanted], [n for n in names if n in wanted]
     info = {n: row_info(p) for n, p in zip(names, paths)}
+    order = []  # every row after its parent: the ladder's rungs in order, then the side branches
+    while len(order) < len(names):
+        order.append(next(n for n in names if n not in order and (info[n][0] not in names or info[n][0] in order)))
+    paths, names = [paths[names.index(n)] for n in order], order
     lr0 = float(read_settings([base]).get("learning_rate", 1e-3))
     seeds = [1337 + i for i in range(budget["seeds"])]
     out_root = os.path.join("out", "ladder")
