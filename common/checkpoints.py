@@ -113,14 +113,44 @@ def strip_prefixes(state_dict):
             k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
 
 
+def adapt_weights(model, sd, source_model, source_config):
+    """The weights of another model file's checkpoint (a fork, or a dense model for a sparse one), by name, or a
+    ValueError saying what differs. The settings both Configs hold must agree (dropout aside), and one only the
+    checkpoint's holds must be unset. A tensor found under its name, or as name.weight (an nn.Linear), is copied;
+    with one dimension less it is stacked: sparse upcycling (Komatsuzaki et al. 2023), every expert starts as a copy
+    of the dense FFN. A tensor the checkpoint lacks (a router) starts small, std 0.002 (a tenth of the usual init,
+    as Switch advises), so routing starts near uniform. Every tensor of the checkpoint must find a place."""
+    ours = dataclasses.asdict(model.config)
+    diff = [f"{k}={v!r} (checkpoint) vs {ours[k]!r}" for k, v in source_config.items()
+            if k in ours and k != "dropout" and v != ours[k]]
+    diff += [f"{k}={v!r} (checkpoint) vs not in this model" for k, v in source_config.items()
+             if k not in ours and v is not None and not isinstance(v, bool)]
+    if diff:
+        raise ValueError(f"the settings differ ({', '.join(diff)}): set this config's to the checkpoint's values")
+    out, used, gen = {}, set(), torch.Generator().manual_seed(0)
+    for k, v in model.state_dict().items():
+        name = k if k in sd else f"{k}.weight" if f"{k}.weight" in sd else None
+        if name is None:
+            out[k] = (torch.randn(v.shape, generator=gen) * 0.002).to(v.dtype)
+            continue
+        used.add(name)
+        src = sd[name]
+        out[k] = src.unsqueeze(0).repeat(v.size(0), *[1] * src.dim()) if src.shape == v.shape[1:] else src
+    unused = [k for k in sd if k not in used]
+    if unused:
+        raise ValueError(f"the checkpoint holds tensors this model has no place for ({', '.join(unused[:3])}"
+                         f"{', ...' if len(unused) > 3 else ''}): it is not a models/{source_model}.py that maps here")
+    return out
+
+
 def load_weights(model, ckpt, path, model_name):
-    """Load a checkpoint's weights into `model`. A checkpoint of another model file goes through the model's optional
-    adapt_state_dict (models/moe.py upcycles a models/llama.py checkpoint); a mismatch is one line naming it."""
+    """Load a checkpoint's weights into `model`; a checkpoint of another model file goes through adapt_weights (a
+    dense models/llama.py checkpoint upcycles into models/moe.py); a mismatch is one line naming it."""
     sd = strip_prefixes(ckpt["model"])
     source = ckpt["model_name"]
-    if source != model_name and hasattr(model, "adapt_state_dict"):
+    if source != model_name:
         try:
-            sd = model.adapt_state_dict(sd, source, ckpt["model_config"])
+            sd = adapt_weights(model, sd, source, ckpt["model_config"])
         except ValueError as e:
             die(f"cannot start models/{model_name}.py from {path}, a models/{source}.py checkpoint: {e}")
     own = model.state_dict()

@@ -4,32 +4,26 @@ Mixture of Experts: the Llama decoder with sparse feed-forward layers, so parame
 Papers:
 - Shazeer et al. 2017, "Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts Layer"
 - Lepikhin et al. 2020, "GShard" (top-2 routing, expert capacity, first choices before second choices)
-- Fedus, Zoph & Shazeer 2021, "Switch Transformers" (top-1 routing, load-balancing loss, capacity factor, router
-  jitter, router in float32 "selective precision", smaller router init)
+- Fedus, Zoph & Shazeer 2021, "Switch Transformers" (top-1, load-balancing loss, capacity factor, jitter, float32 router)
 - Du et al. 2021, "GLaM" (an MoE feed-forward in every other layer)
 - Zoph et al. 2022, "ST-MoE: Designing Stable and Transferable Sparse Expert Models" (router z-loss)
 - Jiang et al. 2024, "Mixtral of Experts" (8 SwiGLU experts, softmax over all, top-2, renormalised)
 - Komatsuzaki et al. 2023, "Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints"
 
 What changed since the previous generation (Llama, models/llama.py):
-- The SwiGLU feed-forward of every moe_every-th block becomes n_expert SwiGLU experts plus a router (a linear
-  layer, E logits per token). Each token runs through only its top_k experts and sums their outputs weighted by
-  the router: FFN parameters grow n_expert times, FFN compute per token top_k times.
-- Two routers: 'mixtral' (softmax over all experts, take the top-k, renormalise the k weights to sum to 1) and
-  'switch' (top-1, output weighted by that expert's probability). Optional multiplicative jitter on the router input
-  during training (Switch).
-- Two auxiliary losses, added to the training loss: the Switch load-balancing loss E * sum_i f_i * P_i (keeps all
-  experts busy) and the ST-MoE router z-loss mean(logsumexp(logits)^2) (keeps router logits small and stable).
-- capacity_factor: Switch/GShard token dropping in training (an expert takes at most capacity tokens per sequence;
-  the overflow skips the feed-forward and rides the residual); None = dropless, as Mixtral. Always dropless in eval.
-- Sparse upcycling: Model.adapt_state_dict turns a trained models/llama.py checkpoint into this model (every expert
-  a copy of the dense FFN): `train.py --init_from=out/llama/ckpt.pt` with a moe config upcycles.
-- Left out from models/llama.py to keep the file about experts: the sliding window and gradient checkpointing.
+- The SwiGLU FFN of every moe_every-th block becomes n_expert SwiGLU experts and a router: each token runs through
+  its top_k experts, weighted by the router (FFN parameters x n_expert, FFN compute per token x top_k).
+- Routers 'mixtral' (softmax, top-k, renormalised) and 'switch' (top-1 scaled by its probability); router jitter.
+- Training adds Switch's load-balancing loss and ST-MoE's z-loss; capacity_factor drops overflow tokens in training
+  (they ride the residual), None is dropless as Mixtral; evaluation is always dropless.
+- Sparse upcycling needs nothing here: `train.py --init_from=out/llama/ckpt.pt` with a moe config loads the dense
+  weights by name and every expert starts as a copy of its FFN (common/checkpoints.py).
+- Left out to keep the file about experts: the sliding window and gradient checkpointing.
 Read MoE.experts_loop first: the experts' plain definition; MoE.experts_grouped is the fast version of it.
 
 Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
 Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token(); optional:
-Model.stats (router losses, dropped tokens, expert load), Model.adapt_state_dict, Model.from_hf_state_dict / to_hf.
+Model.stats (router losses, dropped tokens, expert load), Model.from_hf_state_dict / to_hf.
 """
 
 import math
@@ -40,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------------------
-# Norm
+# Norm and rotary positions (as models/llama.py)
 
 
 class RMSNorm(nn.Module):
@@ -53,32 +47,20 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.type_as(x)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Position: rotary embeddings (RoFormer)
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
 def rope_cos_sin(positions, head_dim, theta):
-    """cos, sin tables (T, head_dim). Rotate-half layout (as transformers): dimension i pairs with i + head_dim/2,
-    pair i turning at frequency theta^(-2i/head_dim)."""
+    """cos, sin tables (T, head_dim), rotate-half layout: dimension i pairs with i + head_dim/2."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
+    emb = (positions.float()[:, None] * inv_freq[None, :]).repeat(1, 2)  # (T, head_dim)
     return emb.cos(), emb.sin()
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x, cos, sin):
-    """Rotate each (x_i, x_{i+hs/2}) pair by position * freq_i; x (B, h, T, hs). q.k then depends only on the
-    distance between the two positions."""
-    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)  # cast: keep bf16 under autocast
+    """Rotate each (x_i, x_{i+hs/2}) pair by position * freq_i; x (B, h, T, hs): q.k then sees only distance."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)  # cast: keep bf16 under autocast
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,15 +114,12 @@ class Attention(nn.Module):
 
 
 def ffn_hidden_dim(config):
-    """The SwiGLU hidden size, the same for the dense FFN and for every expert (as in Mixtral): ffn_hidden if set,
-    else Llama's rule: int(8 * n_embd / 3) (2/3 of GPT's 4 * n_embd) rounded up to a multiple of 256."""
-    if config.ffn_hidden is not None:
-        return config.ffn_hidden
-    return (int(8 * config.n_embd / 3) + 255) // 256 * 256
+    """SwiGLU hidden size of the dense FFN and of every expert: ffn_hidden, else Llama's int(8/3 n_embd) -> x256."""
+    return config.ffn_hidden if config.ffn_hidden is not None else (int(8 * config.n_embd / 3) + 255) // 256 * 256
 
 
 def is_moe_layer(i, config):
-    """GLaM puts an MoE in every other block; moe_every=k makes blocks k-1, 2k-1, ... sparse (1 = every block)."""
+    """moe_every=k makes blocks k-1, 2k-1, ... sparse (1 = every block; GLaM: every other one)."""
     return (i + 1) % config.moe_every == 0
 
 
@@ -169,11 +148,9 @@ GROUP_ALIGN = 8  # rows per expert group are padded to a multiple of this: 16-by
 
 
 def grouped_matmul(x, w, offs):
-    """Rows offs[g-1]:offs[g] of x (M, K) times w[g]^T, for w (G, N, K) in nn.Linear layout -> (M, N).
-    One grouped-GEMM kernel for all experts (torch.nn.functional.grouped_mm) in bfloat16 on CUDA or CPU, the dtype
-    its CUDA kernel and torch.compile accept, and in float32 on CPU outside torch.compile. Elsewhere (float16/float32
-    on a GPU, MPS, and float64, which the kernel lacks: the tests' exact checks) one matmul per expert, the same
-    function, which reads the group bounds on the host."""
+    """Rows offs[g-1]:offs[g] of x (M, K) times w[g]^T, w (G, N, K) -> (M, N): one grouped-GEMM kernel
+    (F.grouped_mm) in bf16 on CUDA/CPU and float32 on CPU outside torch.compile; elsewhere (fp16, MPS, float64,
+    which the kernel lacks) grouped_matmul_loop, the same function."""
     on_cpu_eager = x.device.type == "cpu" and not torch.compiler.is_compiling()
     if hasattr(F, "grouped_mm") and x.device.type in ("cuda", "cpu") and (
             x.dtype == torch.bfloat16 or (on_cpu_eager and x.dtype == torch.float32)):
@@ -182,14 +159,14 @@ def grouped_matmul(x, w, offs):
 
 
 def grouped_matmul_loop(x, w, offs):
-    """The same as grouped_matmul, one matmul per expert (a host sync, and a graph break under torch.compile)."""
+    """One matmul per expert (a host sync, and a graph break under torch.compile)."""
     bounds = [0] + offs.tolist()
     return torch.cat([x[a:b] @ w[g].T for g, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
 
 
 class MoE(nn.Module):
-    """n_expert SwiGLU experts and a router. Expert weights are stacked 3-D tensors (E, out, in), one nn.Linear
-    weight per expert, so that all experts run as one grouped matmul over the tokens grouped by expert."""
+    """n_expert SwiGLU experts and a router. Expert weights are stacked (E, out, in), one nn.Linear weight each,
+    so all experts run as one grouped matmul over the tokens grouped by expert."""
 
     def __init__(self, config):
         super().__init__()
@@ -206,9 +183,8 @@ class MoE(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def route(self, x):
-        """x (N, C) -> router logits (N, E), probabilities (N, E), chosen experts (N, k), their weights (N, k).
-        In at least float32 even under autocast (Switch's "selective precision": the softmax and top-k are
-        sensitive), in float64 when the model is float64."""
+        """x (N, C) -> logits, probabilities (N, E), chosen experts, their weights (N, k). In at least float32
+        under autocast (Switch's "selective precision": softmax and top-k are sensitive)."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
             h = x.to(dtype)
@@ -222,9 +198,8 @@ class MoE(nn.Module):
         return logits, probs, experts, weights  # Switch (k=1): the output is scaled by the expert's probability
 
     def capacity_mask(self, experts, B, T):
-        """(N, k) bool, True = the assignment fits. Each sequence gives each expert capacity = ceil(capacity_factor *
-        T * k / E) slots (Switch: tokens per expert if perfectly balanced, times the factor), filled in token order
-        with all first choices before any second choice (GShard), so a token loses its minor expert first."""
+        """(N, k) bool, True = the assignment fits: each expert takes ceil(capacity_factor * T * k / E) per sequence
+        (Switch), in token order with all first choices before any second (GShard)."""
         E, k = self.n_expert, self.top_k
         capacity = math.ceil(self.capacity_factor * T * k / E)
         onehot = experts.view(B, T, k, 1) == torch.arange(E, device=experts.device)  # (B, T, k, E)
@@ -233,18 +208,15 @@ class MoE(nn.Module):
         return (onehot & (slot <= capacity)).any(dim=-1).view(B * T, k)
 
     def experts_forward(self, x, experts, keep):
-        """x (N, C), experts (N, k), keep (N, k) -> outputs (N, k, C) of each token's chosen experts (0 if dropped).
-        Few assignments (decoding, tiny batches: N*k up to E * GROUP_ALIGN, about the padding the grouped buffer
-        may add): only the chosen experts run, on their tokens only. Else (and under torch.compile) grouped."""
+        """x (N, C), experts, keep (N, k) -> (N, k, C), 0 where dropped. Few assignments (decoding: N*k up to about
+        the padding the grouped buffer adds) take the loop, whose cost follows N*k; else (and compiled) grouped."""
         if experts.numel() <= self.n_expert * GROUP_ALIGN and not torch.compiler.is_compiling():
             return self.experts_loop(x, experts, keep)
         return self.experts_grouped(x, experts, keep)
 
     def experts_loop(self, x, experts, keep):
-        """Read this one first: the layer's definition, plainly. Each expert runs its SwiGLU on the tokens routed to
-        it and its outputs go back to their (token, choice) places; dropped assignments stay 0. experts_grouped is
-        the fast version of the same function. Here the cost follows the N*k assignments, not a padded buffer (so
-        decoding uses it), but the host reads which experts received tokens and their rows (a sync for each)."""
+        """Read this one first: each expert runs its SwiGLU on the tokens routed to it, and the outputs go back to
+        their (token, choice) places. The host reads which experts got tokens (a sync each)."""
         N, C = x.shape
         dtype = compute_dtype(x)
         x, y = x.to(dtype), x.new_zeros(N, self.top_k, C, dtype=dtype)  # (N, k, C)
@@ -255,9 +227,8 @@ class MoE(nn.Module):
         return y
 
     def experts_grouped(self, x, experts, keep):
-        """No Python loop over tokens or experts: the N*k (token, expert) assignments are written into one buffer,
-        grouped by expert (each group padded to GROUP_ALIGN rows), and the experts run as grouped matmuls.
-        Every shape is static (the buffer has a fixed upper bound of rows), so there is no host sync."""
+        """experts_loop without loops: the N*k assignments go into one buffer grouped by expert (groups padded to
+        GROUP_ALIGN rows) and the experts run as grouped matmuls; static shapes, no host sync."""
         N, C = x.shape
         E, k, A = self.n_expert, self.top_k, GROUP_ALIGN
         e = experts.view(-1)  # (N*k,) expert of each assignment
@@ -293,8 +264,8 @@ class MoE(nn.Module):
         y = self.experts_forward(x, experts, keep)  # (N, k, C)
         out = (y * weights[..., None]).sum(dim=1).to(x.dtype)  # weighted sum over the k chosen experts
         if router_stats is not None:
-            # What the balancing and z losses need, summed here and normalised over all MoE layers by the Model.
-            # f_i counts the router's choices before capacity drops, as Switch and transformers do.
+            # What the balancing and z losses need (normalised over MoE layers by the Model); f_i counts the router's
+            # choices before capacity drops, as Switch and transformers do.
             chosen = (experts[..., None] == torch.arange(self.n_expert, device=x.device)).sum(dim=(0, 1))  # (E,)
             router_stats.append(dict(
                 chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
@@ -303,7 +274,7 @@ class MoE(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Block
+# Block and Config
 
 
 class Block(nn.Module):
@@ -316,12 +287,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, start_pos=None, router_stats=None):
         x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)  # pre-norm residual
-        x = x + self.feed_forward(self.ffn_norm(x), router_stats)  # dropped tokens: only the residual passes
-        return x
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Config
+        return x + self.feed_forward(self.ffn_norm(x), router_stats)  # dropped tokens: only the residual passes
 
 
 @dataclass
@@ -355,25 +321,24 @@ class Config:
 class Model(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        if config.n_embd % config.n_head != 0:
-            raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
-        if config.n_kv_head < 1 or config.n_head % config.n_kv_head != 0:
-            raise ValueError(f"n_head ({config.n_head}) must be a multiple of n_kv_head ({config.n_kv_head})")
-        if (config.n_embd // config.n_head) % 2 != 0:
-            raise ValueError(f"head size n_embd/n_head ({config.n_embd // config.n_head}) must be even for RoPE")
-        if config.router not in ("mixtral", "switch"):
-            raise ValueError(f"router={config.router!r} must be 'mixtral' or 'switch'")
-        if config.router == "switch" and config.top_k != 1:
-            raise ValueError(f"router='switch' sends each token to one expert: set top_k=1 (got {config.top_k})")
-        if not 1 <= config.top_k <= config.n_expert:
-            raise ValueError(f"top_k ({config.top_k}) must be between 1 and n_expert ({config.n_expert})")
-        if not 1 <= config.moe_every <= config.n_layer:
-            raise ValueError(f"moe_every ({config.moe_every}) must be between 1 and n_layer ({config.n_layer})")
-        if config.capacity_factor is not None and config.capacity_factor <= 0:
-            raise ValueError(f"capacity_factor ({config.capacity_factor}) must be None (dropless) or > 0")
-        if config.n_embd % GROUP_ALIGN or ffn_hidden_dim(config) % GROUP_ALIGN:
-            raise ValueError(f"n_embd ({config.n_embd}) and the expert hidden size ({ffn_hidden_dim(config)}) must be "
-                             f"multiples of {GROUP_ALIGN} (grouped-matmul kernels need 16-byte aligned rows)")
+        c, hidden = config, ffn_hidden_dim(config)
+        for bad, msg in (
+                (c.n_embd % c.n_head != 0, f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head})"),
+                (c.n_kv_head < 1 or c.n_head % c.n_kv_head != 0,
+                 f"n_head ({c.n_head}) must be a multiple of n_kv_head ({c.n_kv_head})"),
+                ((c.n_embd // c.n_head) % 2 != 0, f"head size n_embd/n_head ({c.n_embd // c.n_head}) must be even for RoPE"),
+                (c.router not in ("mixtral", "switch"), f"router={c.router!r} must be 'mixtral' or 'switch'"),
+                (c.router == "switch" and c.top_k != 1,
+                 f"router='switch' sends each token to one expert: set top_k=1 (got {c.top_k})"),
+                (not 1 <= c.top_k <= c.n_expert, f"top_k ({c.top_k}) must be between 1 and n_expert ({c.n_expert})"),
+                (not 1 <= c.moe_every <= c.n_layer, f"moe_every ({c.moe_every}) must be between 1 and n_layer ({c.n_layer})"),
+                (c.capacity_factor is not None and c.capacity_factor <= 0,
+                 f"capacity_factor ({c.capacity_factor}) must be None (dropless) or > 0"),
+                (c.n_embd % GROUP_ALIGN or hidden % GROUP_ALIGN,
+                 f"n_embd ({c.n_embd}) and the expert hidden size ({hidden}) must be multiples of {GROUP_ALIGN} "
+                 f"(grouped-matmul kernels need 16-byte aligned rows)")):
+            if bad:
+                raise ValueError(msg)
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
@@ -384,13 +349,11 @@ class Model(nn.Module):
             self.tok_embeddings.weight = self.output.weight
         self.moe_layers = [i for i in range(config.n_layer) if is_moe_layer(i, config)]
         self.stats = {}  # router losses, dropped tokens, expert load: refreshed by every full forward
-
         cos, sin = rope_cos_sin(torch.arange(config.block_size), config.n_embd // config.n_head, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
-        self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, hs)
-
-        # Init as models/llama.py (std 0.02, residual projections wo and w2 scaled by 1/sqrt(2 * n_layer)), the
-        # experts included, so dense and sparse runs differ only in the architecture. The router keeps std 0.02.
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # Init as models/llama.py, experts included (std 0.02, residual projections wo and w2 scaled by
+        # 1/sqrt(2 * n_layer)), so dense and sparse runs differ only in the architecture.
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight", "feed_forward.w2")):
@@ -401,9 +364,8 @@ class Model(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx, targets=None, start_pos=None):
-        """start_pos (generation only): position of idx[:, 0]; the new keys/values go into the KV cache.
-        In training the loss is cross-entropy + aux_loss_coef * balancing loss + z_loss_coef * z-loss; in eval mode
-        it is the cross-entropy alone (comparable with dense models), the router losses still reported in stats."""
+        """start_pos (generation only): position of idx[:, 0] in the KV cache. The loss adds the router losses in
+        training only, so evaluation reports the cross-entropy alone, comparable with dense models."""
         B, T = idx.size()
         pos0 = 0 if start_pos is None else start_pos
         if pos0 + T > self.config.block_size:
@@ -413,8 +375,7 @@ class Model(nn.Module):
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
         for block in self.layers:
             x = block(x, cos, sin, start_pos, router_stats)
-        x = self.norm(x)
-        logits = self.output(x)  # (B, T, V)
+        logits = self.output(self.norm(x))  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
@@ -425,15 +386,10 @@ class Model(nn.Module):
         return logits, loss
 
     def router_losses(self, router_stats):
-        """Load-balancing loss (Switch eq. 4-6): E * sum_i f_i * P_i, f_i = fraction of router choices that picked
-        expert i, P_i = mean router probability of expert i; with top-k, f sums to k (GShard), so a perfectly
-        balanced router scores k. Like transformers' load_balancing_loss_func (so Mixtral's aux_loss is matched
-        exactly) f and P pool the choices of all MoE layers before the product; with one MoE layer that is Switch's
-        per-layer loss. Router z-loss (ST-MoE eq. 5): mean over tokens and MoE layers of logsumexp(logits)^2.
-        Also refreshes self.stats: aux_loss, z_loss; dropped_tokens (token-expert assignments over capacity, summed
-        over MoE layers; with top-1 the tokens that skipped the FFN) and dropped_frac (of all assignments); load_max
-        (the busiest expert's share of its layer's choices times E: 1 = balanced, E = collapsed onto one expert);
-        at eval also load_l{layer}_e{expert}, each MoE layer's fraction of its router choices per expert."""
+        """Switch's balancing loss E * sum_i f_i * P_i (f_i: share of router choices for expert i, summing to k with
+        top-k; P_i: mean probability), f and P pooled over the MoE layers as transformers' Mixtral does, and
+        ST-MoE's z-loss. Refreshes self.stats: the losses, dropped assignments, load_max (busiest expert's share
+        times E: 1 = balanced) and, in eval, load_l{layer}_e{expert}."""
         E, k = self.config.n_expert, self.config.top_k
         rows = sum(s["rows"] for s in router_stats)  # tokens times MoE layers
         chosen = torch.stack([s["chosen"] for s in router_stats])  # (L_moe, E)
@@ -443,17 +399,16 @@ class Model(nn.Module):
         z_loss = torch.stack([s["z_sum"] for s in router_stats]).sum() / rows
         load = chosen / chosen.sum(dim=1, keepdim=True)  # (L_moe, E), 1/E each when balanced
         dropped = torch.stack([s["dropped"] for s in router_stats]).sum()
-        stats = {"aux_loss": aux_loss.detach(), "z_loss": z_loss.detach(), "dropped_tokens": dropped,
-                 "dropped_frac": dropped / (rows * k), "load_max": load.max().detach() * E}
+        self.stats = {"aux_loss": aux_loss.detach(), "z_loss": z_loss.detach(), "dropped_tokens": dropped,
+                      "dropped_frac": dropped / (rows * k), "load_max": load.max().detach() * E}
         if not self.training:
             for layer, row in zip(self.moe_layers, load):
-                stats.update({f"load_l{layer}_e{i}": row[i] for i in range(E)})
-        self.stats = stats
+                self.stats.update({f"load_l{layer}_e{i}": row[i] for i in range(E)})
         return aux_loss, z_loss
 
     def num_params(self, non_embedding=True, active=False):
-        """Parameter count. non_embedding=True leaves out the token embedding (a lookup) unless it is tied to the
-        output layer (a matmul). active=True counts only the top_k experts a token runs through in each MoE layer."""
+        """non_embedding: without the token embedding unless tied (then it is the output matmul); active: only the
+        top_k experts a token runs through in each MoE layer."""
         n = sum(p.numel() for p in self.parameters())  # shared (tied) tensors are counted once
         if non_embedding and not self.config.tie_embeddings:
             n -= self.tok_embeddings.weight.numel()
@@ -463,9 +418,8 @@ class Model(nn.Module):
         return n
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward + backward), PaLM appendix B with active parameters:
-        6 * N_active + 12 * L * C * T. N_active counts top_k experts per MoE layer and the router; the dispatch
-        (gathers, padding rows, at most 7 per expert) is left out."""
+        """Training FLOPs per token, PaLM appendix B with active parameters: 6 * N_active + 12 * L * C * T (the
+        dispatch's gathers and padding rows left out)."""
         cfg = self.config
         return 6 * self.num_params(active=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
@@ -473,7 +427,7 @@ class Model(nn.Module):
     # Generate
 
     def setup_cache(self, batch_size, device, dtype):
-        """KV caches of block_size positions for a batch, in dtype (the compute dtype); free_cache() drops them."""
+        """KV caches of block_size positions in dtype (the compute dtype); free_cache() drops them."""
         cfg = self.config
         shape = (batch_size, cfg.n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head)
         for block in self.layers:
@@ -486,11 +440,9 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens (temperature 0 = greedy). The prompt is run once to fill the KV cache
-        (in the compute dtype: autocast's when on), then each step feeds only the newest token (routing is per
-        token, so experts need no cache). A prompt longer than block_size is cut to its last block_size tokens. When
-        the cache fills during generation we keep the most recent half of the context and refill the cache from it
-        once (positions restart at 0), so the amortised cost per token stays constant. Caches are freed on return."""
+        """Extend idx (B, T) by max_new_tokens (temperature 0 = greedy): the last block_size tokens of the prompt
+        fill the KV cache, then one token per step (routing is per token: experts need no cache). When the cache
+        fills, the most recent half refills it once (constant amortised cost). Caches are freed on return."""
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
         if max_new_tokens == 0:
             return idx
@@ -514,60 +466,35 @@ class Model(nn.Module):
         return idx
 
     # ------------------------------------------------------------------------------------------------------------
-    # Starting from another model file's checkpoint (train.py --init_from, when its model_name is not 'moe')
+    # Hugging Face weights (transformers' MixtralForCausalLM, v5 layout): renaming only, no transformers import.
+    # Mixtral fuses each layer's experts: gate_up_proj (E, 2H, C) = [w1; w3], down_proj (E, C, H) = w2.
 
-    def adapt_state_dict(self, state_dict, source_model, source_config):
-        """A state dict for this model from the weights of a models/{source_model}.py checkpoint (keys as its Model
-        names them; source_config: that checkpoint's Config as a dict), or a ValueError saying what differs and what
-        to do. From 'llama': sparse upcycling (upcycle_from_dense) if the settings the two files share match; the
-        hidden size is read from the dense weights, as a checkpoint's config may predate ffn_hidden."""
-        if source_model != "llama":
-            raise ValueError(f"models/moe.py starts only from a models/llama.py checkpoint (sparse upcycling), not "
-                             f"models/{source_model}.py: train from scratch or upcycle a llama checkpoint")
-        if source_config.get("sliding_window") is not None:
-            raise ValueError(f"the llama checkpoint uses sliding_window={source_config['sliding_window']}, which "
-                             f"models/moe.py does not have: upcycle a full-attention llama checkpoint")
-        keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "vocab_size", "block_size", "norm_eps", "rope_theta",
-                "tie_embeddings")
-        theirs, ours = {k: source_config.get(k) for k in keys}, {k: getattr(self.config, k) for k in keys}
-        w1 = state_dict.get("layers.0.feed_forward.w1.weight")  # (hidden, n_embd)
-        theirs["ffn_hidden"], ours["ffn_hidden"] = None if w1 is None else w1.size(0), ffn_hidden_dim(self.config)
-        diff = ", ".join(f"{k}={theirs[k]!r} (checkpoint) vs {ours[k]!r}" for k in ours if theirs[k] != ours[k])
-        if diff:
-            raise ValueError(f"the llama checkpoint and this moe config differ in settings they share ({diff}): set "
-                             f"the moe config's to the checkpoint's values")
-        return upcycle_from_dense(state_dict, self.config)
+    _hf = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight", "attention.wq.weight": "self_attn.q_proj.weight",
+           "attention.wk.weight": "self_attn.k_proj.weight", "attention.wv.weight": "self_attn.v_proj.weight",
+           "attention.wo.weight": "self_attn.o_proj.weight", "attention_norm.weight": "input_layernorm.weight",
+           "ffn_norm.weight": "post_attention_layernorm.weight", "feed_forward.router.weight": "mlp.gate.weight",
+           "feed_forward.w2": "mlp.experts.down_proj", "feed_forward.w1": "mlp.experts.gate_up_proj"}
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Hugging Face weights (transformers' MixtralForCausalLM, v5 layout): pure renaming, no transformers import here.
-    # Mixtral stores each layer's experts fused: gate_up_proj (E, 2H, C) = [w1; w3] and down_proj (E, C, H) = w2.
-
-    _hf_top = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
-               "lm_head.weight": "output.weight"}
-    _hf_layer = {"self_attn.q_proj.weight": "attention.wq.weight", "self_attn.k_proj.weight": "attention.wk.weight",
-                 "self_attn.v_proj.weight": "attention.wv.weight", "self_attn.o_proj.weight": "attention.wo.weight",
-                 "input_layernorm.weight": "attention_norm.weight",
-                 "post_attention_layernorm.weight": "ffn_norm.weight",
-                 "mlp.gate.weight": "feed_forward.router.weight", "mlp.experts.down_proj": "feed_forward.w2"}
+    @classmethod
+    def hf_name(cls, key):
+        """Our state-dict key -> transformers' (w1 and w3 both name the fused gate_up_proj)."""
+        if key in cls._hf:
+            return cls._hf[key]
+        _, i, rest = key.split(".", 2)  # layers.{i}.{rest}
+        return f"model.layers.{i}.{cls._hf[rest.replace('feed_forward.w3', 'feed_forward.w1')]}"
 
     @classmethod
     def from_hf_state_dict(cls, sd, config):
         """Load a MixtralForCausalLM state dict (config: router='mixtral', moe_every=1, matching sizes)."""
         model = cls(config)
         ours = {}
-        for k, v in sd.items():
-            if "rotary_emb" in k:
-                continue  # RoPE frequency buffers in some checkpoints; ours are recomputed from rope_theta
-            if k in cls._hf_top:
-                ours[cls._hf_top[k]] = v
-                continue
-            _, _, i, rest = k.split(".", 3)  # model.layers.{i}.{rest}
-            if rest == "mlp.experts.gate_up_proj":
-                ours[f"layers.{i}.feed_forward.w1"], ours[f"layers.{i}.feed_forward.w3"] = v.chunk(2, dim=1)
-            else:
-                ours[f"layers.{i}.{cls._hf_layer[rest]}"] = v
-        if config.tie_embeddings and "output.weight" not in ours:
-            ours["output.weight"] = ours["tok_embeddings.weight"]  # tied checkpoints may omit lm_head
+        for k in model.state_dict():
+            name = cls.hf_name(k)
+            if name == "lm_head.weight" and name not in sd:  # tied checkpoints may omit lm_head
+                name = "model.embed_tokens.weight"
+            v = sd[name]
+            ours[k] = v.chunk(2, dim=1)[k.endswith("w3")] if k.endswith(("feed_forward.w1", "feed_forward.w3")) else v
         model.load_state_dict(ours)
         return model
 
@@ -586,50 +513,12 @@ class Model(nn.Module):
                       sliding_window=None, num_local_experts=cfg.n_expert, num_experts_per_tok=cfg.top_k,
                       router_aux_loss_coef=cfg.aux_loss_coef, router_jitter_noise=0.0,
                       bos_token_id=None, eos_token_id=None)
-        top, layer = {v: k for k, v in self._hf_top.items()}, {v: k for k, v in self._hf_layer.items()}
-        sd = {}
-        for k, v in self.state_dict().items():
-            if k in top:
-                sd[top[k]] = v
-                continue
-            _, i, rest = k.split(".", 2)  # layers.{i}.{rest}
-            if rest == "feed_forward.w3":  # w1 is fused with it
-                sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat(
-                    [self.layers[int(i)].feed_forward.w1.detach(), v], dim=1)
-            elif rest != "feed_forward.w1":
-                sd[f"model.layers.{i}.{layer[rest]}"] = v
+        ours = self.state_dict()
+        sd = {self.hf_name(k): v for k, v in ours.items() if not k.endswith(("feed_forward.w1", "feed_forward.w3"))}
+        for i in self.moe_layers:
+            sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat(
+                [ours[f"layers.{i}.feed_forward.w1"], ours[f"layers.{i}.feed_forward.w3"]], dim=1)
         return "MixtralConfig", kwargs, "MixtralForCausalLM", sd
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sparse upcycling (Komatsuzaki et al. 2023): start the experts from a trained dense model
-
-
-def upcycle_from_dense(dense_state_dict, config, router_std=0.002, seed=0):
-    """A state dict for Model(config) from a models/llama.py state dict of the same sizes. Attention, norms and
-    embeddings are copied; in each MoE layer every expert becomes a copy of the dense SwiGLU (w1, w2, w3 stacked
-    n_expert times) and the router starts small (std router_std, 10x below the usual 0.02, as Switch recommends for
-    stability), so routing starts near-uniform and every expert sees tokens. With router='mixtral' the k weights
-    sum to 1, so the upcycled model computes exactly the dense model's function; a 'switch' router scales the FFN
-    output by its probability (~1/E) at first."""
-    gen = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, v in dense_state_dict.items():
-        if ".feed_forward." not in k or not is_moe_layer(int(k.split(".")[1]), config):
-            sd[k] = v
-            continue
-        prefix, name = k.rsplit(".feed_forward.", 1)  # name: w1.weight / w2.weight / w3.weight
-        sd[f"{prefix}.feed_forward.{name[:2]}"] = v.unsqueeze(0).repeat(config.n_expert, 1, 1)  # (E, out, in)
-        if name.startswith("w1"):
-            router = torch.randn(config.n_expert, config.n_embd, generator=gen) * router_std
-            sd[f"{prefix}.feed_forward.router.weight"] = router.to(v.dtype)
-    with torch.device("meta"):  # check every key and shape against the real model without allocating it
-        expected = {k: v.shape for k, v in Model(config).state_dict().items()}
-    got = {k: v.shape for k, v in sd.items()}
-    if got != expected:
-        bad = sorted(set(got.items()) ^ set(expected.items()))[:4]
-        raise ValueError(f"the dense state dict does not fit this MoE config (first differences: {bad})")
-    return sd
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tests for models/moe.py: parity with transformers' Mixtral (logits, load-balancing loss, total loss), the Switch
 router and capacity dropping against SwitchTransformersSparseMLP and a hand-computed case, both expert paths (the
 grouped matmul and the decode loop) against a per-token loop and each other, sparse upcycling from models/llama.py
-(upcycle_from_dense and Model.adapt_state_dict, which train.py --init_from calls), and cached generation == a
+(common/checkpoints.py adapt_weights, which train.py --init_from calls), and cached generation == a
 full-forward greedy loop. Comparisons run in float64 with bounds relative to the output scale (float32 summation
 order differs between CPUs), except one float32 smoke check against Mixtral."""
 
@@ -15,8 +15,9 @@ import torch.nn.functional as F
 import transformers
 
 from conftest import cached_step_logits, full_forward_greedy, rel_diff
-from models import llama
-from models.moe import MoE, Config, Model, grouped_matmul, grouped_matmul_loop, upcycle_from_dense
+from models import gpt2, llama
+from common.checkpoints import adapt_weights
+from models.moe import MoE, Config, Model, grouped_matmul, grouped_matmul_loop
 
 TINY = dict(vocab_size=96, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=48,
             n_expert=4, top_k=2, tie_embeddings=False)
@@ -341,7 +342,7 @@ def test_upcycled_model_equals_dense(moe_every):
     cfg = Config(**{k: v for k, v in dense.config.__dict__.items() if k in Config.__dataclass_fields__},
                  n_expert=4, top_k=2, moe_every=moe_every)
     moe = Model(cfg).eval()
-    moe.load_state_dict(upcycle_from_dense(dense.state_dict(), cfg))
+    moe.load_state_dict(adapt_weights(moe, dense.state_dict(), "llama", dataclasses.asdict(dense.config)))
     moe.double(), dense.double()
     idx = torch.randint(0, 96, (2, 24))
     with torch.no_grad():
@@ -355,13 +356,13 @@ def moe_config_of(dense, **moe):
 
 
 @pytest.mark.parametrize("router,top_k", [("mixtral", 2), ("switch", 1)])
-def test_adapt_state_dict_upcycles_a_llama_checkpoint(router, top_k):
-    """What train.py --init_from does with a llama checkpoint and a moe config: adapt_state_dict(weights, 'llama',
+def test_init_from_upcycles_a_llama_checkpoint(router, top_k):
+    """What train.py --init_from does with a llama checkpoint and a moe config: adapt_weights(moe, weights, 'llama',
     the checkpoint's config dict). With the Mixtral router the upcycled model is the dense one exactly (float64)."""
     dense = dense_llama(1)
     sd, src_cfg = dense.state_dict(), dataclasses.asdict(dense.config)
     moe = Model(moe_config_of(dense, n_expert=4, top_k=top_k, router=router)).eval()
-    moe.load_state_dict(moe.adapt_state_dict(sd, "llama", src_cfg))
+    moe.load_state_dict(adapt_weights(moe, sd, "llama", src_cfg))
     for i in moe.moe_layers:  # every expert a copy of the dense FFN, the router small
         ffn = moe.layers[i].feed_forward
         assert all(torch.equal(ffn.w1[e], sd[f"layers.{i}.feed_forward.w1.weight"]) for e in range(4))
@@ -373,22 +374,23 @@ def test_adapt_state_dict_upcycles_a_llama_checkpoint(router, top_k):
     assert diff < 1e-12 if router == "mixtral" else diff > 1e-3  # Switch scales the FFN by its probability ~1/E
 
 
-def test_adapt_state_dict_refuses_what_does_not_fit():
+def test_init_from_refuses_what_does_not_fit():
     dense = dense_llama(1)
     sd, src_cfg = dense.state_dict(), dataclasses.asdict(dense.config)
     moe = Model(moe_config_of(dense, n_expert=4))
+    gpt = gpt2.Model(gpt2.Config(**{k: src_cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}))
+    with pytest.raises(ValueError, match="not a models/gpt2.py that maps here"):
+        adapt_weights(moe, gpt.state_dict(), "gpt2", dataclasses.asdict(gpt.config))
     for source, cfg, match in (
-            ("gpt2", src_cfg, "not models/gpt2.py"),
             ("llama", {**src_cfg, "sliding_window": 8}, "sliding_window=8"),
             ("llama", {**src_cfg, "n_layer": 3}, r"n_layer=3 \(checkpoint\) vs 2"),
             ("llama", {**src_cfg, "rope_theta": 5e5}, "rope_theta=500000.0"),
             ("llama", {**src_cfg, "tie_embeddings": False}, "tie_embeddings=False")):
         with pytest.raises(ValueError, match=match):
-            moe.adapt_state_dict(sd, source, cfg)
-    # The FFN hidden size is read from the dense weights (a checkpoint's config may predate ffn_hidden).
+            adapt_weights(moe, sd, source, cfg)
     wide = Model(moe_config_of(dense, n_expert=4, ffn_hidden=64))
     with pytest.raises(ValueError, match=r"ffn_hidden=48 \(checkpoint\) vs 64"):
-        wide.adapt_state_dict(sd, "llama", src_cfg)
+        adapt_weights(wide, sd, "llama", src_cfg)
 
 
 # ----------------------------------------------------------------------------------------------------------------

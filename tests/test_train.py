@@ -209,7 +209,7 @@ def test_schedules():
 
 
 def test_init_from_a_llama_checkpoint_upcycles_a_moe(workdir):
-    """--init_from a checkpoint of another model file goes through that model's adapt_state_dict: a MoE config
+    """--init_from a checkpoint of another model file loads it by name (adapt_weights): a MoE config
     started from a dense Llama computes the Llama's function at step 0 (every expert a copy of its FFN)."""
     shape = ["--n_layer=2", "--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"]
     args = [a for a in TINY if not a.startswith(("--model", "--n_layer", "--n_head", "--n_embd"))] + shape
