@@ -16,9 +16,6 @@ What this file is for: every generation from GPT-2 to LLaMA is a point in one de
 field. The defaults are GPT-2 (tests/test_lab.py: the logits of models/gpt2.py; rmsnorm, no bias, swiglu, rope,
 untied and n_kv_head give models/llama.py's), and an ablation moves one field at a time. Each option is a small module
 or function picked once in __init__, so the forward pass reads the same whatever the settings.
-
-Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
-Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token().
 """
 
 import math
@@ -29,31 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------------------
-# Norms: norm='layernorm' | 'rmsnorm' (also the q/k norms of qk_norm, over one head)
-
-
-class RMSNorm(nn.Module):
-    """Zhang & Sennrich 2019: x / sqrt(mean(x^2) + eps) * g, no re-centring; in float32 (bf16 mean squares overflow)."""
-
-    def __init__(self, dim, config):
-        super().__init__()
-        self.eps = config.norm_eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.type_as(x)
-
-
-def layer_norm(dim, config):
-    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)  # GPT-2's, with a bias unless bias=False
-
-
-NORMS = {"layernorm": layer_norm, "rmsnorm": RMSNorm}
-
-# ----------------------------------------------------------------------------------------------------------------
-# Positions: each scheme overrides the one hook it uses; the others are no-ops, so attention never asks which.
+# Layers: positions (each scheme overrides the one hook it uses; the others are no-ops, so attention never asks which),
+# norms, attention, feed-forward and the blocks built of them. A block returns its residual update f(x), which the
+# model adds (Mixture-of-Depths scales it first).
 
 
 class Position(nn.Module):
@@ -69,8 +44,11 @@ class Position(nn.Module):
     def rotary(self, pos):  # -> (cos, sin) (T, hs) that rotate q and k, or None
         return None
 
-    def bias(self, q_pos, k_pos):  # (..., T), (..., S) -> additive attention bias (..., H, T, S), or None
-        return None
+    score = None  # ALiBi, T5: query - key distance (..., T, S) -> additive score on q.k (..., H, T, S)
+
+    def bias(self, q_pos, k_pos):  # (..., T), (..., S) -> the score with the causal mask folded in as -inf, or None
+        return None if self.score is None else self.score(q_pos[..., :, None] - k_pos[..., None, :]).masked_fill(
+            (k_pos[..., None, :] > q_pos[..., :, None]).unsqueeze(-3), float("-inf"))  # -inf: a key after its query
 
 
 class Learned(Position):
@@ -95,30 +73,21 @@ class Sinusoidal(Position):
         return x * math.sqrt(C) + pe.to(x.dtype)
 
 
-def rope_cos_sin(positions, head_dim, theta):
-    """cos, sin (T, head_dim): pair i rotates at theta^(-2i/head_dim); rotate-half layout (i paired with i + hs/2)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, head_dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (T, head_dim)
-    return emb.cos(), emb.sin()
+class Rotary(Position):
+    """Su et al. 2021: q and k rotated in every layer, pair i at theta^(-2i/hs) in the rotate-half layout (i paired
+    with i + hs/2); the tables are computed for the positions at hand, so any length."""
+
+    def rotary(self, pos):
+        hs = self.cfg.n_embd // self.cfg.n_head
+        inv_freq = 1.0 / (self.cfg.rope_theta ** (torch.arange(0, hs, 2, device=pos.device).float() / hs))
+        emb = (pos.float()[:, None] * inv_freq[None, :]).repeat(1, 2)  # (T, hs): frequencies i and i + hs/2 the same
+        return emb.cos(), emb.sin()
 
 
 def apply_rope(x, cos, sin):
     """x (B, h, T, hs) rotated by its positions: q.k then depends on the difference of positions only."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)  # cast: keep bf16 under autocast
-
-
-class Rotary(Position):
-    """Su et al. 2021: q and k rotated in every layer; tables computed for the positions at hand, so any length."""
-
-    def rotary(self, pos):
-        return rope_cos_sin(pos, self.cfg.n_embd // self.cfg.n_head, self.cfg.rope_theta)
-
-
-def causal_bias(score, q_pos, k_pos):
-    """score (..., H, T, S) with -inf where a key comes after its query: the causal mask folded into the bias."""
-    return score.masked_fill((k_pos[..., None, :] > q_pos[..., :, None]).unsqueeze(-3), float("-inf"))
 
 
 def alibi_slopes(n_head):
@@ -135,9 +104,8 @@ class ALiBi(Position):
         super().__init__(config)
         self.register_buffer("slopes", torch.tensor(alibi_slopes(config.n_head)), persistent=False)  # (H,)
 
-    def bias(self, q_pos, k_pos):
-        distance = (q_pos[..., :, None] - k_pos[..., None, :]).unsqueeze(-3)  # (..., 1, T, S)
-        return causal_bias(-self.slopes[:, None, None] * distance, q_pos, k_pos)
+    def score(self, distance):
+        return -self.slopes[:, None, None] * distance.unsqueeze(-3)
 
 
 def t5_bucket(distance, num_buckets, max_distance):
@@ -157,69 +125,67 @@ class T5Bias(Position):
         super().__init__(config)
         self.table = nn.Embedding(config.num_buckets, config.n_head)
 
-    def bias(self, q_pos, k_pos):
-        buckets = t5_bucket(q_pos[..., :, None] - k_pos[..., None, :], self.cfg.num_buckets, self.cfg.max_distance)
-        return causal_bias(self.table(buckets).movedim(-1, -3), q_pos, k_pos)  # (..., T, S, H) -> (..., H, T, S)
+    def score(self, distance):
+        return self.table(t5_bucket(distance, self.cfg.num_buckets, self.cfg.max_distance)).movedim(-1, -3)
 
 
 POSITIONS = {"learned": Learned, "sinusoidal": Sinusoidal, "rope": Rotary, "alibi": ALiBi, "t5": T5Bias,
              "none": Position}
 
-# ----------------------------------------------------------------------------------------------------------------
-# Attention: multi-head, grouped-query or multi-query; optional QK-norm
+
+class RMSNorm(nn.Module):
+    """Zhang & Sennrich 2019: x / sqrt(mean(x^2) + eps) * g, no re-centring; in float32 (bf16 mean squares overflow)."""
+
+    def __init__(self, dim, config):
+        super().__init__()
+        self.eps, self.weight = config.norm_eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+NORMS = {"layernorm": lambda dim, c: nn.LayerNorm(dim, eps=c.norm_eps, bias=c.bias),  # GPT-2's; bias unless bias=False
+         "rmsnorm": RMSNorm}
 
 
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head or config.n_head
-        self.n_rep = self.n_head // self.n_kv_head  # query heads per key/value head
-        self.head_dim = config.n_embd // config.n_head
-        self.wq = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
-        self.wk = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
-        self.wv = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=config.bias)
-        self.wo = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        nh, nkv, hs = config.n_head, config.n_kv_head or config.n_head, config.n_embd // config.n_head
+        self.n_rep, self.head_dim = nh // nkv, hs  # query heads per key/value head; head size
+        self.wq, self.wk, self.wv = (nn.Linear(config.n_embd, n * hs, bias=config.bias) for n in (nh, nkv, nkv))
+        self.wo = nn.Linear(nh * hs, config.n_embd, bias=config.bias)
         # QK-norm (Henry 2020, Dehghani 2023): per-head q, k norms keep q.k from growing into one-hot attention.
-        qk_norm = (lambda: NORMS[config.norm](self.head_dim, config)) if config.qk_norm else nn.Identity
+        qk_norm = (lambda: NORMS[config.norm](hs, config)) if config.qk_norm else nn.Identity
         self.q_norm, self.k_norm = qk_norm(), qk_norm()
-        self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout, self.resid_dropout = config.dropout, nn.Dropout(config.dropout)
 
     def forward(self, x, rope, mask, cache=None, start_pos=None):
         """mask: None (causal; a cached query sees all the cache), bool (True = may attend) or a float bias with the
-        causal -inf folded in. cache: this layer's (k, v), position p in slot p."""
+        causal -inf folded in. cache: this layer's (k, v)."""
         B, T, _ = x.size()
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        q, k, v = (w(x).view(B, T, -1, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         q, k = self.q_norm(q), self.k_norm(k)  # before RoPE: the norm sees the projections, not the angles
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # cached rotated
-        if cache is not None:
-            end = start_pos + T
-            cache[0][:B, :, start_pos:end], cache[1][:B, :, start_pos:end] = k, v
-            k, v = cache[0][:B, :, :end], cache[1][:B, :, :end]
+        if cache is not None:  # position p in slot p
+            cache[0][:B, :, start_pos:start_pos + T], cache[1][:B, :, start_pos:start_pos + T] = k, v
+            k, v = cache[0][:B, :, :start_pos + T], cache[1][:B, :, :start_pos + T]
         if self.n_rep > 1:  # GQA: query head j reads kv head j // n_rep; the cache keeps n_kv_head heads
             k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
-        if mask is not None and mask.dtype != torch.bool:
-            mask = mask.to(q.dtype)
+        mask = mask.to(q.dtype) if mask is not None and mask.is_floating_point() else mask  # a bias: compute dtype
         # Plain causal attention (no bias, no cache) keeps is_causal=True: the flash kernel on CUDA.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side
-        return self.resid_dropout(self.wo(y))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Feed-forward: activation='gelu' | 'relu2' (two matrices) | 'swiglu' (three)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).contiguous().view(B, T, -1)))  # heads side by side
 
 
 def ffn_hidden_dim(config):
     """ffn_hidden if set; else 4 * n_embd, or for SwiGLU int(2/3 * 4 * n_embd) rounded up to a multiple of 8: three
     matrices that wide hold as many parameters as two of 4 * n_embd (Shazeer 2020's equal-parameter comparison)."""
-    if config.ffn_hidden is not None:
-        return config.ffn_hidden
-    return (8 * config.n_embd // 3 + 7) // 8 * 8 if config.activation == "swiglu" else 4 * config.n_embd
+    default = (8 * config.n_embd // 3 + 7) // 8 * 8 if config.activation == "swiglu" else 4 * config.n_embd
+    return default if config.ffn_hidden is None else config.ffn_hidden
 
 
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's tanh approximation
@@ -231,8 +197,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, ffn_hidden_dim(config), bias=config.bias)
         self.c_proj = nn.Linear(ffn_hidden_dim(config), config.n_embd, bias=config.bias)
-        self.act = ACTIVATIONS[config.activation]
-        self.dropout = nn.Dropout(config.dropout)
+        self.act, self.dropout = ACTIVATIONS[config.activation], nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -244,17 +209,11 @@ class SwiGLU(nn.Module):
     def __init__(self, config):
         super().__init__()
         hidden = ffn_hidden_dim(config)
-        self.w1 = nn.Linear(config.n_embd, hidden, bias=config.bias)  # gate
-        self.w3 = nn.Linear(config.n_embd, hidden, bias=config.bias)  # up
-        self.w2 = nn.Linear(hidden, config.n_embd, bias=config.bias)  # down
-        self.dropout = nn.Dropout(config.dropout)
+        self.w1, self.w3 = (nn.Linear(config.n_embd, hidden, bias=config.bias) for _ in range(2))  # gate, up
+        self.w2, self.dropout = nn.Linear(hidden, config.n_embd, bias=config.bias), nn.Dropout(config.dropout)  # down
 
     def forward(self, x):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Blocks: each returns its residual update f(x); the model adds it (Mixture-of-Depths scales it first)
 
 
 class Block(nn.Module):
@@ -280,7 +239,7 @@ class ParallelBlock(Block):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Config
+# Config and model
 
 
 @dataclass
@@ -308,8 +267,7 @@ class Config:
     dropout: float = 0.0
 
 
-def check_config(c):
-    """Bad values as ValueErrors that say what to set (the scripts show them as one line)."""
+def check_config(c):  # bad values as ValueErrors that say what to set (the scripts show them as one line)
     for field, names in (("norm", NORMS), ("activation", [*ACTIVATIONS, "swiglu"]), ("position", POSITIONS)):
         if getattr(c, field) not in names:
             raise ValueError(f"unknown {field} {getattr(c, field)!r}: set {field} to one of {', '.join(names)}")
@@ -326,10 +284,6 @@ def check_config(c):
              f"position='t5' needs 2 <= num_buckets ({c.num_buckets}) < 2 * max_distance ({c.max_distance})")):
         if bad:
             raise ValueError(msg)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Model
 
 
 class Model(nn.Module):
@@ -353,24 +307,21 @@ class Model(nn.Module):
         self.stats = {}  # Mixture-of-Depths: router loss and fraction processed, refreshed by every full forward
         self.cache_k = self.cache_v = self.cache_keep = None  # set by setup_cache
         # GPT-2's init (std 0.02, residual projections by 1/sqrt(2 * n_layer)), as in gpt2.py and llama.py.
-        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
         for name, p in self.named_parameters():
             if name.endswith(("wo.weight", "c_proj.weight", "w2.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         for router in self.routers.values():  # the decoding rule (logit > 0) starts at the capacity's rate
             nn.init.constant_(router.bias, math.log(config.mod_capacity / (1 - config.mod_capacity + 1e-9)))
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-
     def forward(self, idx, targets=None, start_pos=None):
         """start_pos (generation only): position of idx[:, 0]; the new keys/values go into the KV cache. Only learned
         positions end at block_size: the other schemes evaluate any length (the cache holds block_size)."""
-        T = idx.size(1)
-        pos0 = 0 if start_pos is None else start_pos
+        T, pos0 = idx.size(1), start_pos or 0
         end = pos0 + T
         if end > self.config.block_size and self.config.position == "learned":
             raise ValueError(f"sequence of length {end} is longer than block_size {self.config.block_size}: learned "
@@ -381,23 +332,18 @@ class Model(nn.Module):
         k_pos = pos if start_pos is None else torch.arange(end, device=idx.device)  # (S,) of the keys
         x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
         rope, bias = self.position.rotary(pos), self.position.bias(pos, k_pos)  # once, for all layers
-        mask = bias
-        if bias is None and start_pos is not None and T > 1:  # a chunk into the cache: causal, shifted by pos0
-            mask = k_pos[None, :] <= pos[:, None]  # (T, S)
+        chunk = bias is None and start_pos is not None and T > 1  # a chunk into the cache: causal, shifted by pos0
+        mask = k_pos[None, :] <= pos[:, None] if chunk else bias  # (T, S) bool, a bias, or None (plain causal)
         mod = []  # (router loss, fraction processed) of each routed layer
         for i in range(self.config.n_layer):
             block = self.blocks[i % len(self.blocks)]
             cache = None if start_pos is None else (self.cache_k[i], self.cache_v[i])
-            if str(i) not in self.routers:
-                x = x + block(x, rope, mask, cache, start_pos)
-            elif self.training and start_pos is None:
-                x = self.route_top_k(self.routers[str(i)], block, x, pos, rope, mod)
+            if str(i) in self.routers:
+                x = self.route(i, block, x, pos, k_pos, rope, bias, cache, start_pos, mod)
             else:
-                x = self.route_causal(i, block, x, pos, k_pos, rope, bias, cache, start_pos, mod)
+                x = x + block(x, rope, mask, cache, start_pos)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.view(-1), ignore_index=-1)
         if mod:
             bce = torch.stack([b for b, _ in mod]).mean()
             self.stats = dict(mod_bce=bce.detach(), mod_processed=torch.stack([f for _, f in mod]).mean())
@@ -405,45 +351,30 @@ class Model(nn.Module):
                 loss = loss + bce
         return logits, loss
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Mixture-of-Depths (Raposo et al. 2024): x + w * f(x) for the tokens a routed block processes, x for the rest
-
-    def router_loss(self, z):
-        """-> top-k (B, k) in sequence order, and the paper's auxiliary loss (3.5): BCE teaching each logit whether its
-        token is in its sequence's top-k, which needs the whole sequence (decoding cannot see it; the logit can)."""
-        top = z.topk(max(1, int(self.config.mod_capacity * z.size(1))), dim=1).indices.sort(dim=1).values
-        return top, F.binary_cross_entropy_with_logits(z, torch.zeros_like(z).scatter(1, top, 1.0))
-
-    def route_top_k(self, router, block, x, pos, rope, mod):
-        """Training: the capacity fraction of each sequence with the highest logits goes through the block, gathered in
-        order (causal among themselves, at their own positions); the update is scaled by sigmoid(z), so z learns."""
-        z = router(x).squeeze(-1)  # (B, T) router logits
-        top, bce = self.router_loss(z)
-        mod.append((bce, z.new_tensor(top.size(1) / z.size(1))))
-        gather = top[..., None].expand(-1, -1, x.size(-1))  # (B, k, C)
-        rope_k = None if rope is None else tuple(t[top].unsqueeze(1) for t in rope)  # (B, 1, k, hs)
-        delta = block(x.gather(1, gather), rope_k, self.position.bias(pos[top], pos[top]))  # (B, k, C)
-        return x.scatter_add(1, gather, (torch.sigmoid(z.gather(1, top))[..., None] * delta).to(x.dtype))
-
-    def route_causal(self, i, block, x, pos, k_pos, rope, bias, cache, start_pos, mod):
-        """Evaluation and decoding: a token is processed iff sigmoid(z) > 0.5, the prediction router_loss trains; it
-        needs no later token, so a full forward equals cached decoding and val loss is that of the model one samples.
-        Dense: skipped tokens are masked out as keys and their updates dropped (cache_keep marks them 0)."""
+    def route(self, i, block, x, pos, k_pos, rope, bias, cache, start_pos, mod):
+        """Mixture-of-Depths (Raposo et al. 2024): x + sigmoid(z) * f(x) for the tokens a routed block processes, x for
+        the rest. Training: each sequence's top-k router logits z, in order, at their own positions; the paper's BCE
+        (3.5) teaches z > 0 to predict top-k, the rule of evaluation and decoding: no later token needed, so a full
+        forward equals cached decoding. Dense: skipped tokens are masked out as keys, their updates dropped."""
         z = self.routers[str(i)](x).squeeze(-1)  # (B, T)
         keep = keep_k = z > 0  # (B, T)
-        if cache is not None:
+        if start_pos is None:
+            top = z.topk(max(1, int(self.config.mod_capacity * z.size(1))), dim=1).indices.sort(dim=1).values  # (B, k)
+            bce = F.binary_cross_entropy_with_logits(z, torch.zeros_like(z).scatter(1, top, 1.0))
+            mod.append((bce, z.new_tensor(top.size(1) / z.size(1)) if self.training else keep.float().mean()))
+            if self.training:
+                gather = top[..., None].expand(-1, -1, x.size(-1))  # (B, k, C)
+                rope_k = None if rope is None else tuple(t[top].unsqueeze(1) for t in rope)  # (B, 1, k, hs)
+                delta = block(x.gather(1, gather), rope_k, self.position.bias(pos[top], pos[top]))  # (B, k, C)
+                return x.scatter_add(1, gather, (torch.sigmoid(z.gather(1, top))[..., None] * delta).to(x.dtype))
+        else:
             self.cache_keep[i, :x.size(0), start_pos:start_pos + x.size(1)] = keep.to(self.cache_keep.dtype)
             keep_k = self.cache_keep[i, :x.size(0), :k_pos.size(0)] > 0  # (B, S)
-        else:
-            mod.append((self.router_loss(z)[1], keep.float().mean()))
         # A skipped query keeps its own key, so that no row is all -inf; its output is discarded anyway.
-        allowed = (k_pos[None, :] <= pos[:, None]) & (keep_k[:, None, :] | (k_pos[None, :] == pos[:, None]))
-        allowed = allowed[:, None]  # (B, 1, T, S)
-        mask = allowed if bias is None else torch.where(allowed, bias, float("-inf"))  # (B, H, T, S)
-        delta = block(x, rope, mask, cache, start_pos)
-        return x + torch.where(keep[..., None], torch.sigmoid(z)[..., None] * delta, 0.0)
-
-    # ------------------------------------------------------------------------------------------------------------
+        allowed = ((k_pos[None, :] <= pos[:, None]) & (keep_k[:, None, :] | (k_pos[None, :] == pos[:, None])))[:, None]
+        mask = allowed if bias is None else torch.where(allowed, bias, float("-inf"))  # (B, 1 or H, T, S)
+        delta = torch.sigmoid(z)[..., None] * block(x, rope, mask, cache, start_pos)
+        return x + torch.where(keep[..., None], delta, 0.0)
 
     def flops_per_token(self):
         """Training FLOPs per token, PaLM appendix B: 6N + 12 * L * C * T, per layer use (a shared block counts n_layer
@@ -454,49 +385,32 @@ class Model(nn.Module):
         rest = sum(p.numel() for m in (self.lm_head, self.norm_f, self.routers) for p in m.parameters())
         return 6 * (rest + per_block * sum(use)) + 12 * cfg.n_embd * cfg.block_size * sum(c * c for c in use)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Generate
-
     def setup_cache(self, batch_size, device, dtype):
         """KV caches of block_size slots per layer use, in the compute dtype (+ MoD's decisions, 1 = processed)."""
         cfg = self.config
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head or cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        self.cache_k = torch.zeros(shape, device=device, dtype=dtype)
-        self.cache_v = torch.zeros(shape, device=device, dtype=dtype)
-        if len(self.routers):
-            self.cache_keep = torch.zeros(cfg.n_layer, batch_size, cfg.block_size, device=device, dtype=dtype)
+        self.cache_k, self.cache_v = (torch.zeros(shape, device=device, dtype=dtype) for _ in range(2))
+        self.cache_keep = torch.zeros(shape[:2] + shape[3:4], device=device, dtype=dtype) if self.routers else None
 
     def free_cache(self):
         self.cache_k = self.cache_v = self.cache_keep = None
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens; greedy at temperature 0; the prompt fills the KV cache once, then each
-        step feeds the newest token. The cache holds block_size positions for every position scheme (even those whose
-        forward runs longer), so all follow the contract's bounded rule: a longer prompt is prefilled with its last
-        block_size tokens, and a full cache is refilled once from the last block_size // 2 tokens (at positions 0..).
-        The cache is freed before returning. Bad arguments raise ValueError (check_generate_args)."""
+        """Every position scheme decodes from a KV cache of block_size (even those whose forward runs longer): a longer
+        prompt is prefilled with its last block_size tokens, a full cache refilled from the last block_size // 2."""
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
-        if max_new_tokens == 0:
-            return idx
         dev = idx.device.type  # under autocast k/v come out in the autocast dtype: cache them in it
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.lm_head.weight.dtype
         self.setup_cache(idx.size(0), idx.device, dtype)
-        keep = self.config.block_size // 2
-        context = idx[:, -self.config.block_size:]  # the whole prompt if it fits
-        logits, _ = self(context, start_pos=0)
-        pos = context.size(1)
-        for i in range(max_new_tokens):
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if i == max_new_tokens - 1:
-                break
-            if pos == self.config.block_size:  # cache full: refill from the most recent half of the context
-                logits, _ = self(idx[:, -keep:], start_pos=0)
-                pos = keep
-            else:
-                logits, _ = self(idx_next, start_pos=pos)
-                pos += 1
+        size, pos, new = self.config.block_size, 0, idx[:, -self.config.block_size:]  # the whole prompt if it fits
+        for _ in range(max_new_tokens):
+            if pos + new.size(1) > size:  # cache full: refill from the most recent half of the context
+                new, pos = idx[:, -(size // 2):], 0
+            logits, _ = self(new, start_pos=pos)
+            pos += new.size(1)
+            new = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, new), dim=1)
         self.free_cache()
         return idx
 
