@@ -24,9 +24,10 @@ from common import die
 from common.settings import ROOT
 
 
-def run_one(configs, overrides, out_dir, label):
+def run_one(configs, overrides, out_dir, label, quiet=False):
     """Train once (train.py with these config files and overrides) into out_dir, unless a finished run with the same
-    command and config contents is there already; -> (run dict, whether it ran now)."""
+    command and config contents is there already; -> (run dict, whether it ran now). quiet: train.py's log is not
+    shown (studies of many runs print one line per run instead)."""
     cmd = [os.path.join(ROOT, "train.py"), *configs, *overrides, f"--out_dir={out_dir}", "--sample_tokens=0"]
     key = hashlib.sha1(json.dumps([cmd[1:], [open(c).read() for c in configs]]).encode()).hexdigest()
     marker, log_path = os.path.join(out_dir, "study_run.json"), os.path.join(out_dir, "log.jsonl")
@@ -35,16 +36,13 @@ def run_one(configs, overrides, out_dir, label):
         if os.path.exists(log_path):
             os.remove(log_path)
         print(f"{label}", flush=True)
-        if subprocess.run([sys.executable, *cmd], stdout=subprocess.DEVNULL if QUIET else None).returncode != 0:
+        if subprocess.run([sys.executable, *cmd], stdout=subprocess.DEVNULL if quiet else None).returncode != 0:
             die(f"training {' '.join(configs + overrides)} failed (its error is above)")
         with open(marker, "w") as f:
             json.dump({"key": key, "command": cmd[1:]}, f)
     with open(log_path) as f:
         head, *log = [json.loads(line) for line in f]
     return dict(**head, log=log), not done
-
-
-QUIET = False  # studies with many runs print one line per run instead of train.py's log
 
 
 class Progress:
@@ -85,8 +83,8 @@ def write_table(path, header, rows, command, device):
     print("\n" + table + f"\n\nwrote {path}")
 
 
-def plot_curves(path, runs, title):
-    """Val loss against training time and against tokens, one line per run."""
+def pyplot():
+    """matplotlib's pyplot without a display, or None (with a note) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -94,6 +92,14 @@ def plot_curves(path, runs, title):
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is not installed, so no plot: pip install matplotlib")
+        return None
+    return plt
+
+
+def plot_curves(path, runs, title):
+    """Val loss against training time and against tokens, one line per run."""
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in runs:
@@ -220,13 +226,12 @@ def ladder(argv):
     lr0 = float(read_settings([base]).get("learning_rate", 1e-3))
     seeds = [1337 + i for i in range(budget["seeds"])]
     out_root = os.path.join("out", "ladder")
-    global QUIET
-    QUIET = True
     progress = Progress(len(paths) * (len(budget["lr_mults"]) + 2 * len(seeds)))
 
     def train(path, name, tag, extra):
         t0 = time.time()
-        run, ran = run_one([base, path], overrides + extra, os.path.join(out_root, name, tag), f"{name} {tag}")
+        run, ran = run_one([base, path], overrides + extra, os.path.join(out_root, name, tag), f"{name} {tag}",
+                           quiet=True)
         progress.update(f"{name} {tag}", run, ran, time.time() - t0)
         return run
 
@@ -276,13 +281,8 @@ def ladder(argv):
 
 def plot_deltas(path, rows, device):
     """Each row's val-loss change against its parent, mean ± std over seeds, at equal time and at equal tokens."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed, so no plot: pip install matplotlib")
+    plt = pyplot()
+    if plt is None:
         return
     rows = [(n, d) for n, d in rows if d]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.4 * len(rows) + 1.5), sharey=True)
