@@ -20,10 +20,6 @@ What changed since the previous generation (Llama, models/llama.py):
   weights by name and every expert starts as a copy of its FFN (common/checkpoints.py).
 - Left out to keep the file about experts: the sliding window and gradient checkpointing.
 Read MoE.experts_loop first: the experts' plain definition; MoE.experts_grouped is the fast version of it.
-
-Interface (shared by every file in models/): Config, Model(config), Model.forward(idx, targets=None) -> (logits, loss),
-Model.generate(idx, max_new_tokens, temperature, top_k, top_p) with a KV cache, Model.flops_per_token(); optional:
-Model.stats (router losses, dropped tokens, expert load), Model.from_hf_state_dict / to_hf.
 """
 
 import math
@@ -34,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------------------
-# Norm and rotary positions (as models/llama.py)
+# Layers: RMSNorm, RoPE and grouped-query attention with a KV cache (as models/llama.py), the FFN and the experts
 
 
 class RMSNorm(nn.Module):
@@ -42,19 +38,11 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim, eps):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
         x32 = x.float()
         return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-
-
-def rope_cos_sin(positions, head_dim, theta):
-    """cos, sin tables (T, head_dim), rotate-half layout: dimension i pairs with i + head_dim/2."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    emb = (positions.float()[:, None] * inv_freq[None, :]).repeat(1, 2)  # (T, head_dim)
-    return emb.cos(), emb.sin()
 
 
 def apply_rope(x, cos, sin):
@@ -63,64 +51,38 @@ def apply_rope(x, cos, sin):
     return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)  # cast: keep bf16 under autocast
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Attention: grouped-query, with a KV cache for generation
-
-
 class Attention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_head, self.n_kv_head = config.n_head, config.n_kv_head
-        self.n_rep = config.n_head // config.n_kv_head  # query heads per key/value head
-        self.head_dim = config.n_embd // config.n_head
-        self.wq = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
-        self.wo = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
-        self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        nh, nkv, hs = config.n_head, config.n_kv_head, config.n_embd // config.n_head
+        self.n_rep, self.head_dim = nh // nkv, hs  # query heads per key/value head; head size
+        self.wq, self.wk, self.wv = (nn.Linear(config.n_embd, n * hs, bias=False) for n in (nh, nkv, nkv))
+        self.wo = nn.Linear(nh * hs, config.n_embd, bias=False)
+        self.dropout, self.resid_dropout = config.dropout, nn.Dropout(config.dropout)
         self.cache_k = self.cache_v = None  # (B, n_kv_head, block_size, hs): Model.setup_cache / free_cache
 
     def forward(self, x, cos, sin, start_pos=None):
-        B, T, C = x.size()
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        B, T, _ = x.size()
+        q, k, v = (w(x).view(B, T, -1, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated once, cached rotated
-
-        mask, causal, dropout = None, False, 0.0
-        if start_pos is None:  # training / full forward: flash attention on CUDA
-            causal, dropout = True, (self.dropout if self.training else 0.0)
-        else:  # generation: write the new keys at their positions, attend over everything cached so far
+        mask, full = None, start_pos is None  # a full forward (training) is causal: flash attention on CUDA
+        if not full:  # generation: write the new keys at their positions, attend over everything cached so far
             end = start_pos + T
-            self.cache_k[:B, :, start_pos:end] = k
-            self.cache_v[:B, :, start_pos:end] = v
+            self.cache_k[:B, :, start_pos:end], self.cache_v[:B, :, start_pos:end] = k, v
             k, v = self.cache_k[:B, :, :end], self.cache_v[:B, :, :end]
             # One new query may see the whole cache, so no mask (`is_causal=True` would align the triangle top-left
             # and show it only the first key); a multi-token chunk needs the causal mask shifted by start_pos.
-            if T > 1:
-                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos)
-        # GQA: query head j reads kv head j // n_rep. The cache keeps n_kv_head heads; the copy is a temporary.
-        if self.n_rep > 1:  # (plain multi-head attention needs no copy)
-            k = k.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
-            v = v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side
-        return self.resid_dropout(self.wo(y))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Feed-forward: dense SwiGLU, and the sparse layer of SwiGLU experts
+            mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos) if T > 1 else None
+        if self.n_rep > 1:  # GQA: query head j reads kv head j // n_rep (the cache keeps n_kv_head heads, not copies)
+            k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=full,
+                                           dropout_p=self.dropout if full and self.training else 0.0)
+        return self.resid_dropout(self.wo(y.transpose(1, 2).contiguous().view(B, T, -1)))  # heads side by side
 
 
 def ffn_hidden_dim(config):
     """SwiGLU hidden size of the dense FFN and of every expert: ffn_hidden, else Llama's int(8/3 n_embd) -> x256."""
     return config.ffn_hidden if config.ffn_hidden is not None else (int(8 * config.n_embd / 3) + 255) // 256 * 256
-
-
-def is_moe_layer(i, config):
-    """moe_every=k makes blocks k-1, 2k-1, ... sparse (1 = every block; GLaM: every other one)."""
-    return (i + 1) % config.moe_every == 0
 
 
 class FeedForward(nn.Module):
@@ -129,17 +91,14 @@ class FeedForward(nn.Module):
     def __init__(self, config):
         super().__init__()
         hidden = ffn_hidden_dim(config)
-        self.w1 = nn.Linear(config.n_embd, hidden, bias=False)  # gate
-        self.w3 = nn.Linear(config.n_embd, hidden, bias=False)  # up
-        self.w2 = nn.Linear(hidden, config.n_embd, bias=False)  # down
-        self.dropout = nn.Dropout(config.dropout)
+        self.w1, self.w3 = (nn.Linear(config.n_embd, hidden, bias=False) for _ in range(2))  # gate, up
+        self.w2, self.dropout = nn.Linear(hidden, config.n_embd, bias=False), nn.Dropout(config.dropout)  # down
 
     def forward(self, x, router_stats=None):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
-def compute_dtype(x):
-    """The dtype matmuls run in: autocast's when it is on for x's device, else x's own."""
+def compute_dtype(x):  # the dtype matmuls run in: autocast's when it is on for x's device, else x's own
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
@@ -171,16 +130,12 @@ class MoE(nn.Module):
     def __init__(self, config):
         super().__init__()
         E, C, H = config.n_expert, config.n_embd, ffn_hidden_dim(config)
-        self.n_expert, self.top_k = E, config.top_k
-        self.renormalize = config.router == "mixtral"
+        self.n_expert, self.top_k, self.renormalize = E, config.top_k, config.router == "mixtral"
         self.jitter, self.capacity_factor = config.router_jitter, config.capacity_factor
-        self.router = nn.Linear(C, E, bias=False)
-        self.w1 = nn.Parameter(torch.empty(E, H, C))  # gate, per expert
-        self.w3 = nn.Parameter(torch.empty(E, H, C))  # up
-        self.w2 = nn.Parameter(torch.empty(E, C, H))  # down
+        self.router, self.dropout = nn.Linear(C, E, bias=False), nn.Dropout(config.dropout)
+        self.w1, self.w3, self.w2 = (nn.Parameter(torch.empty(E, *s)) for s in ((H, C), (H, C), (C, H)))  # gate up down
         for w in (self.w1, self.w2, self.w3):  # std 0.02 like every Linear; Model rescales w2 like llama's w2
             nn.init.normal_(w, mean=0.0, std=0.02)
-        self.dropout = nn.Dropout(config.dropout)
 
     def route(self, x):
         """x (N, C) -> logits, probabilities (N, E), chosen experts, their weights (N, k). In at least float32
@@ -201,24 +156,21 @@ class MoE(nn.Module):
         """(N, k) bool, True = the assignment fits: each expert takes ceil(capacity_factor * T * k / E) per sequence
         (Switch), in token order with all first choices before any second (GShard)."""
         E, k = self.n_expert, self.top_k
-        capacity = math.ceil(self.capacity_factor * T * k / E)
         onehot = experts.view(B, T, k, 1) == torch.arange(E, device=experts.device)  # (B, T, k, E)
         slot = onehot.transpose(1, 2).reshape(B, k * T, E).cumsum(dim=1)  # 1-based place in the expert's queue
         slot = slot.view(B, k, T, E).transpose(1, 2)  # (B, T, k, E)
-        return (onehot & (slot <= capacity)).any(dim=-1).view(B * T, k)
+        return (onehot & (slot <= math.ceil(self.capacity_factor * T * k / E))).any(dim=-1).view(B * T, k)
 
     def experts_forward(self, x, experts, keep):
         """x (N, C), experts, keep (N, k) -> (N, k, C), 0 where dropped. Few assignments (decoding: N*k up to about
         the padding the grouped buffer adds) take the loop, whose cost follows N*k; else (and compiled) grouped."""
-        if experts.numel() <= self.n_expert * GROUP_ALIGN and not torch.compiler.is_compiling():
-            return self.experts_loop(x, experts, keep)
-        return self.experts_grouped(x, experts, keep)
+        few = experts.numel() <= self.n_expert * GROUP_ALIGN and not torch.compiler.is_compiling()
+        return (self.experts_loop if few else self.experts_grouped)(x, experts, keep)
 
     def experts_loop(self, x, experts, keep):
         """Read this one first: each expert runs its SwiGLU on the tokens routed to it, and the outputs go back to
         their (token, choice) places. The host reads which experts got tokens (a sync each)."""
-        N, C = x.shape
-        dtype = compute_dtype(x)
+        (N, C), dtype = x.shape, compute_dtype(x)
         x, y = x.to(dtype), x.new_zeros(N, self.top_k, C, dtype=dtype)  # (N, k, C)
         for e in experts[keep].unique().tolist():  # the experts that received tokens
             token, choice = torch.where((experts == e) & keep)  # its assignments, (n,) each
@@ -229,65 +181,51 @@ class MoE(nn.Module):
     def experts_grouped(self, x, experts, keep):
         """experts_loop without loops: the N*k assignments go into one buffer grouped by expert (groups padded to
         GROUP_ALIGN rows) and the experts run as grouped matmuls; static shapes, no host sync."""
-        N, C = x.shape
-        E, k, A = self.n_expert, self.top_k, GROUP_ALIGN
-        e = experts.view(-1)  # (N*k,) expert of each assignment
-        kept = keep.view(-1)
+        (N, C), E, k, A, dtype = x.shape, self.n_expert, self.top_k, GROUP_ALIGN, compute_dtype(x)
+        e, kept = experts.view(-1), keep.view(-1)  # (N*k,) expert of each assignment, and whether it runs
         onehot = (e[:, None] == torch.arange(E, device=x.device)) & kept[:, None]  # (N*k, E)
         rank = onehot.cumsum(dim=0).gather(1, e[:, None]).squeeze(1) - 1  # place within its expert's group
-        counts = onehot.sum(dim=0)  # (E,) assignments each expert processes
-        padded = (counts + A - 1) // A * A
+        padded = (onehot.sum(dim=0) + A - 1) // A * A  # (E,) assignments each expert processes, padded
         start = padded.cumsum(dim=0) - padded  # first buffer row of each expert's group
         M = (N * k + E * (A - 1) + A - 1) // A * A  # rows the buffer needs at most, a multiple of A
         row = torch.where(kept, start[e] + rank, M)  # (N*k,) buffer row of each assignment; dropped ones to row M
         # Which token each buffer row holds: padding rows read an all-zero row (index N), dropped ones are discarded.
-        token = torch.arange(N * k, device=x.device) // k
-        src = torch.full((M + 1,), N, dtype=torch.long, device=x.device).scatter(0, row, token)[:M]
-        dtype = compute_dtype(x)
+        src = torch.full((M + 1,), N, device=x.device).scatter(0, row, torch.arange(N * k, device=x.device) // k)[:M]
         xs = torch.cat([x, x.new_zeros(1, C)]).to(dtype)[src]  # (M, C) tokens grouped by expert
         offs = padded.cumsum(dim=0).to(torch.int32)
         offs[-1] = M  # the last group also takes the trailing padding rows, so every row belongs to a group
-        w1, w2, w3 = self.w1.to(dtype), self.w2.to(dtype), self.w3.to(dtype)
-        h = F.silu(grouped_matmul(xs, w1, offs)) * grouped_matmul(xs, w3, offs)  # (M, H) SwiGLU per expert
-        ys = grouped_matmul(h, w2, offs)  # (M, C)
-        y = ys[row.clamp(max=M - 1)].view(N, k, C)  # back to (token, choice) order
+        h = F.silu(grouped_matmul(xs, self.w1.to(dtype), offs)) * grouped_matmul(xs, self.w3.to(dtype), offs)  # (M, H)
+        y = grouped_matmul(h, self.w2.to(dtype), offs)[row.clamp(max=M - 1)].view(N, k, C)  # back to (token, choice)
         return torch.where(keep[..., None], y, 0.0)
 
     def forward(self, x, router_stats=None):
         B, T, C = x.size()
         x = x.reshape(B * T, C)  # (N, C)
         logits, probs, experts, weights = self.route(x)
-        if self.training and self.capacity_factor is not None:
-            keep = self.capacity_mask(experts, B, T)
-        else:  # dropless: Mixtral, and every evaluation
-            keep = torch.ones_like(experts, dtype=torch.bool)
-        y = self.experts_forward(x, experts, keep)  # (N, k, C)
-        out = (y * weights[..., None]).sum(dim=1).to(x.dtype)  # weighted sum over the k chosen experts
+        dropless = not self.training or self.capacity_factor is None  # Mixtral, and every evaluation
+        keep = torch.ones_like(experts, dtype=torch.bool) if dropless else self.capacity_mask(experts, B, T)
+        out = (self.experts_forward(x, experts, keep) * weights[..., None]).sum(dim=1).to(x.dtype)  # weighted sum
         if router_stats is not None:
-            # What the balancing and z losses need (normalised over MoE layers by the Model); f_i counts the router's
-            # choices before capacity drops, as Switch and transformers do.
+            # For router_losses: f_i counts the router's choices before capacity drops, as Switch and transformers do.
             chosen = (experts[..., None] == torch.arange(self.n_expert, device=x.device)).sum(dim=(0, 1))  # (E,)
-            router_stats.append(dict(
-                chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
-                z_sum=torch.logsumexp(logits, dim=-1).pow(2).sum(), dropped=(~keep).sum()))
+            router_stats.append(dict(chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
+                                     z_sum=torch.logsumexp(logits, dim=-1).pow(2).sum(), dropped=(~keep).sum()))
         return self.dropout(out.view(B, T, C))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Block and Config
-
-
 class Block(nn.Module):
-    def __init__(self, config, moe):
+    def __init__(self, config, ffn):  # ffn: MoE or FeedForward
         super().__init__()
-        self.attention_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.attention = Attention(config)
-        self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.feed_forward = MoE(config) if moe else FeedForward(config)
+        self.attention_norm, self.attention = RMSNorm(config.n_embd, config.norm_eps), Attention(config)
+        self.ffn_norm, self.feed_forward = RMSNorm(config.n_embd, config.norm_eps), ffn(config)
 
     def forward(self, x, cos, sin, start_pos=None, router_stats=None):
         x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)  # pre-norm residual
         return x + self.feed_forward(self.ffn_norm(x), router_stats)  # dropped tokens: only the residual passes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config and model
 
 
 @dataclass
@@ -314,19 +252,15 @@ class Config:
     capacity_factor: float = None  # None = dropless; e.g. 1.25 = Switch capacity, overflow tokens dropped (training)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Model
-
-
 class Model(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        c, hidden = config, ffn_hidden_dim(config)
+        c, hidden, hs = config, ffn_hidden_dim(config), config.n_embd // config.n_head
         for bad, msg in (
                 (c.n_embd % c.n_head != 0, f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head})"),
                 (c.n_kv_head < 1 or c.n_head % c.n_kv_head != 0,
                  f"n_head ({c.n_head}) must be a multiple of n_kv_head ({c.n_kv_head})"),
-                ((c.n_embd // c.n_head) % 2 != 0, f"head size n_embd/n_head ({c.n_embd // c.n_head}) must be even for RoPE"),
+                (hs % 2 != 0, f"head size n_embd/n_head ({hs}) must be even for RoPE"),
                 (c.router not in ("mixtral", "switch"), f"router={c.router!r} must be 'mixtral' or 'switch'"),
                 (c.router == "switch" and c.top_k != 1,
                  f"router='switch' sends each token to one expert: set top_k=1 (got {c.top_k})"),
@@ -339,35 +273,32 @@ class Model(nn.Module):
                  f"(grouped-matmul kernels need 16-byte aligned rows)")):
             if bad:
                 raise ValueError(msg)
-        self.config = config
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList([Block(config, is_moe_layer(i, config)) for i in range(config.n_layer)])
-        self.norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.output = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
+        self.config, self.stats = c, {}  # stats: router losses, dropped tokens, expert load; set by every full forward
+        self.tok_embeddings, self.drop = nn.Embedding(c.vocab_size, c.n_embd), nn.Dropout(c.dropout)
+        # moe_every=k makes blocks k-1, 2k-1, ... sparse (1 = every block; GLaM: every other one)
+        self.moe_layers = [i for i in range(c.n_layer) if (i + 1) % c.moe_every == 0]
+        self.layers = nn.ModuleList([Block(c, MoE if i in self.moe_layers else FeedForward) for i in range(c.n_layer)])
+        self.norm, self.output = RMSNorm(c.n_embd, c.norm_eps), nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
             self.tok_embeddings.weight = self.output.weight
-        self.moe_layers = [i for i in range(config.n_layer) if is_moe_layer(i, config)]
-        self.stats = {}  # router losses, dropped tokens, expert load: refreshed by every full forward
-        cos, sin = rope_cos_sin(torch.arange(config.block_size), config.n_embd // config.n_head, config.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # RoPE tables (block_size, hs), rotate-half layout: dimension i pairs with i + hs/2 at the same frequency
+        inv_freq = 1.0 / (c.rope_theta ** (torch.arange(0, hs, 2).float() / hs))
+        angle = (torch.arange(c.block_size).float()[:, None] * inv_freq).repeat(1, 2)
+        self.register_buffer("rope_cos", angle.cos(), persistent=False)
+        self.register_buffer("rope_sin", angle.sin(), persistent=False)
         # Init as models/llama.py, experts included (std 0.02, residual projections wo and w2 scaled by
         # 1/sqrt(2 * n_layer)), so dense and sparse runs differ only in the architecture.
-        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w2.weight", "feed_forward.w2")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
 
     def forward(self, idx, targets=None, start_pos=None):
         """start_pos (generation only): position of idx[:, 0] in the KV cache. The loss adds the router losses in
         training only, so evaluation reports the cross-entropy alone, comparable with dense models."""
-        B, T = idx.size()
-        pos0 = 0 if start_pos is None else start_pos
+        T, pos0 = idx.size(1), start_pos or 0
         if pos0 + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
         cos, sin = self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]
@@ -376,9 +307,7 @@ class Model(nn.Module):
         for block in self.layers:
             x = block(x, cos, sin, start_pos, router_stats)
         logits = self.output(self.norm(x))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.view(-1), ignore_index=-1)
         if router_stats is not None:
             aux_loss, z_loss = self.router_losses(router_stats)
             if loss is not None and self.training:
@@ -390,49 +319,36 @@ class Model(nn.Module):
         top-k; P_i: mean probability), f and P pooled over the MoE layers as transformers' Mixtral does, and
         ST-MoE's z-loss. Refreshes self.stats: the losses, dropped assignments, load_max (busiest expert's share
         times E: 1 = balanced) and, in eval, load_l{layer}_e{expert}."""
-        E, k = self.config.n_expert, self.config.top_k
-        rows = sum(s["rows"] for s in router_stats)  # tokens times MoE layers
-        chosen = torch.stack([s["chosen"] for s in router_stats])  # (L_moe, E)
-        f = chosen.sum(dim=0) / rows
-        P = torch.stack([s["prob_sum"] for s in router_stats]).sum(dim=0) / rows
-        aux_loss = E * (f * P).sum()
-        z_loss = torch.stack([s["z_sum"] for s in router_stats]).sum() / rows
+        E, k, rows = self.config.n_expert, self.config.top_k, sum(s["rows"] for s in router_stats)  # tokens x layers
+        chosen, prob_sum, z_sum, dropped = (torch.stack([s[key] for s in router_stats])  # (L_moe, ...) each
+                                            for key in ("chosen", "prob_sum", "z_sum", "dropped"))
+        f, P = chosen.sum(dim=0) / rows, prob_sum.sum(dim=0) / rows
+        aux_loss, z_loss, dropped = E * (f * P).sum(), z_sum.sum() / rows, dropped.sum()
         load = chosen / chosen.sum(dim=1, keepdim=True)  # (L_moe, E), 1/E each when balanced
-        dropped = torch.stack([s["dropped"] for s in router_stats]).sum()
         self.stats = {"aux_loss": aux_loss.detach(), "z_loss": z_loss.detach(), "dropped_tokens": dropped,
                       "dropped_frac": dropped / (rows * k), "load_max": load.max().detach() * E}
         if not self.training:
-            for layer, row in zip(self.moe_layers, load):
-                self.stats.update({f"load_l{layer}_e{i}": row[i] for i in range(E)})
+            self.stats.update({f"load_l{j}_e{i}": row[i] for j, row in zip(self.moe_layers, load) for i in range(E)})
         return aux_loss, z_loss
 
     def num_params(self, non_embedding=True, active=False):
         """non_embedding: without the token embedding unless tied (then it is the output matmul); active: only the
         top_k experts a token runs through in each MoE layer."""
+        cfg = self.config
         n = sum(p.numel() for p in self.parameters())  # shared (tied) tensors are counted once
-        if non_embedding and not self.config.tie_embeddings:
-            n -= self.tok_embeddings.weight.numel()
-        if active:
-            per_expert = 3 * self.config.n_embd * ffn_hidden_dim(self.config)
-            n -= len(self.moe_layers) * (self.config.n_expert - self.config.top_k) * per_expert
-        return n
+        n -= self.tok_embeddings.weight.numel() if non_embedding and not cfg.tie_embeddings else 0
+        skipped = (cfg.n_expert - cfg.top_k) * 3 * cfg.n_embd * ffn_hidden_dim(cfg)  # the experts a token skips
+        return n - len(self.moe_layers) * skipped if active else n
 
     def flops_per_token(self):
         """Training FLOPs per token, PaLM appendix B with active parameters: 6 * N_active + 12 * L * C * T (the
         dispatch's gathers and padding rows left out)."""
-        cfg = self.config
-        return 6 * self.num_params(active=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Generate
+        return 6 * self.num_params(active=True) + 12 * self.config.n_layer * self.config.n_embd * self.config.block_size
 
     def setup_cache(self, batch_size, device, dtype):
-        """KV caches of block_size positions in dtype (the compute dtype); free_cache() drops them."""
-        cfg = self.config
-        shape = (batch_size, cfg.n_kv_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        for block in self.layers:
-            block.attention.cache_k = torch.zeros(shape, device=device, dtype=dtype)
-            block.attention.cache_v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, self.config.n_kv_head, self.config.block_size, self.config.n_embd // self.config.n_head)
+        for attn in (block.attention for block in self.layers):
+            attn.cache_k, attn.cache_v = (torch.zeros(shape, device=device, dtype=dtype) for _ in range(2))
 
     def free_cache(self):
         for block in self.layers:
@@ -440,62 +356,42 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None):
-        """Extend idx (B, T) by max_new_tokens (temperature 0 = greedy): the last block_size tokens of the prompt
-        fill the KV cache, then one token per step (routing is per token: experts need no cache). When the cache
-        fills, the most recent half refills it once (constant amortised cost). Caches are freed on return."""
+        """Extend idx (B, T) by max_new_tokens (temperature 0 = greedy): the prompt's last block_size tokens fill the
+        KV cache, then one token per step (experts need no cache); a full cache is refilled from the recent half."""
         check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
-        if max_new_tokens == 0:
-            return idx
-        cfg = self.config
-        keep = cfg.block_size // 2
         self.setup_cache(idx.size(0), idx.device, compute_dtype(self.output.weight))
-        logits, _ = self(idx[:, -cfg.block_size:], start_pos=0)
-        pos = min(idx.size(1), cfg.block_size)
-        for i in range(max_new_tokens):
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)
-            if i == max_new_tokens - 1:
-                break
-            if pos == cfg.block_size:  # cache full: refill from the most recent half of the context
-                logits, _ = self(idx[:, -keep:], start_pos=0)
-                pos = keep
-            else:
-                logits, _ = self(idx_next, start_pos=pos)
-                pos += 1
+        size, pos, new = self.config.block_size, 0, idx[:, -self.config.block_size:]  # the whole prompt if it fits
+        for _ in range(max_new_tokens):
+            if pos + new.size(1) > size:  # cache full: refill from the most recent half of the context
+                new, pos = idx[:, -(size // 2):], 0
+            logits, _ = self(new, start_pos=pos)
+            pos += new.size(1)
+            new = sample_next(logits[:, -1, :], temperature, top_k, top_p)  # (B, 1)
+            idx = torch.cat((idx, new), dim=1)
         self.free_cache()
         return idx
 
-    # ------------------------------------------------------------------------------------------------------------
     # Hugging Face weights (transformers' MixtralForCausalLM, v5 layout): renaming only, no transformers import.
     # Mixtral fuses each layer's experts: gate_up_proj (E, 2H, C) = [w1; w3], down_proj (E, C, H) = w2.
-
+    _fused = ("feed_forward.w1", "feed_forward.w3")  # both halves of gate_up_proj
     _hf = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-           "output.weight": "lm_head.weight", "attention.wq.weight": "self_attn.q_proj.weight",
-           "attention.wk.weight": "self_attn.k_proj.weight", "attention.wv.weight": "self_attn.v_proj.weight",
-           "attention.wo.weight": "self_attn.o_proj.weight", "attention_norm.weight": "input_layernorm.weight",
+           "output.weight": "lm_head.weight", "attention_norm.weight": "input_layernorm.weight",
+           **{f"attention.w{p}.weight": f"self_attn.{p}_proj.weight" for p in "qkvo"},
            "ffn_norm.weight": "post_attention_layernorm.weight", "feed_forward.router.weight": "mlp.gate.weight",
-           "feed_forward.w2": "mlp.experts.down_proj", "feed_forward.w1": "mlp.experts.gate_up_proj"}
+           "feed_forward.w2": "mlp.experts.down_proj", **dict.fromkeys(_fused, "mlp.experts.gate_up_proj")}
 
     @classmethod
     def hf_name(cls, key):
-        """Our state-dict key -> transformers' (w1 and w3 both name the fused gate_up_proj)."""
-        if key in cls._hf:
-            return cls._hf[key]
-        _, i, rest = key.split(".", 2)  # layers.{i}.{rest}
-        return f"model.layers.{i}.{cls._hf[rest.replace('feed_forward.w3', 'feed_forward.w1')]}"
+        layer = key.split(".", 2)  # in a block: layers, i, rest
+        return cls._hf[key] if key in cls._hf else f"model.layers.{layer[1]}.{cls._hf[layer[2]]}"
 
     @classmethod
     def from_hf_state_dict(cls, sd, config):
         """Load a MixtralForCausalLM state dict (config: router='mixtral', moe_every=1, matching sizes)."""
-        model = cls(config)
-        ours = {}
-        for k in model.state_dict():
-            name = cls.hf_name(k)
-            if name == "lm_head.weight" and name not in sd:  # tied checkpoints may omit lm_head
-                name = "model.embed_tokens.weight"
-            v = sd[name]
-            ours[k] = v.chunk(2, dim=1)[k.endswith("w3")] if k.endswith(("feed_forward.w1", "feed_forward.w3")) else v
-        model.load_state_dict(ours)
+        model, sd = cls(config), {"lm_head.weight": sd["model.embed_tokens.weight"], **sd}  # tied: may lack lm_head
+        ours = {k: sd[cls.hf_name(k)] for k in model.state_dict()}
+        model.load_state_dict({k: v.chunk(2, dim=1)[k.endswith("w3")] if k.endswith(cls._fused) else v
+                               for k, v in ours.items()})
         return model
 
     def to_hf(self):
@@ -506,18 +402,17 @@ class Model(nn.Module):
             raise ValueError("transformers' Mixtral has an MoE in every layer with the renormalised top-k router: "
                              "set moe_every=1 and router='mixtral' to compare against it")
         kwargs = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=ffn_hidden_dim(cfg),
-                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                      num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
-                      rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+                      max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+                      rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
                       tie_word_embeddings=cfg.tie_embeddings, hidden_act="silu", attention_dropout=0.0,
                       sliding_window=None, num_local_experts=cfg.n_expert, num_experts_per_tok=cfg.top_k,
                       router_aux_loss_coef=cfg.aux_loss_coef, router_jitter_noise=0.0,
                       bos_token_id=None, eos_token_id=None)
         ours = self.state_dict()
-        sd = {self.hf_name(k): v for k, v in ours.items() if not k.endswith(("feed_forward.w1", "feed_forward.w3"))}
-        for i in self.moe_layers:
-            sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat(
-                [ours[f"layers.{i}.feed_forward.w1"], ours[f"layers.{i}.feed_forward.w3"]], dim=1)
+        sd = {self.hf_name(k): v for k, v in ours.items() if not k.endswith(self._fused)}
+        sd.update({f"model.layers.{i}.mlp.experts.gate_up_proj": torch.cat(
+            [ours[f"layers.{i}.{w}"] for w in self._fused], dim=1) for i in self.moe_layers})
         return "MixtralConfig", kwargs, "MixtralForCausalLM", sd
 
 
