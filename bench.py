@@ -198,14 +198,26 @@ class HFTwin(torch.nn.Module):
         self.hf.to(device)
         self.config, self.ours = model.config, model
 
+    def inputs(self, idx, targets):
+        """The twin's keyword arguments and the targets its logits align with: input_ids=idx for a decoder-only
+        model; a model whose transformers twin takes other inputs (an encoder-decoder's source and decoder inputs, a
+        masked LM's masked ids) says so in its optional hf_inputs(idx, targets)."""
+        if hasattr(self.ours, "hf_inputs"):
+            return self.ours.hf_inputs(idx, targets)
+        return dict(input_ids=idx), targets
+
     def forward(self, idx, targets=None):
-        logits = self.hf(input_ids=idx, use_cache=False).logits
-        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        kwargs, targets = self.inputs(idx, targets)
+        logits = self.hf(**kwargs, use_cache=False).logits
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                                            ignore_index=-1)
         return logits, loss
 
     def generate(self, idx, max_new_tokens, temperature=0.0, **_):
-        return self.hf.generate(idx, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(idx))
+        kwargs, _ = self.inputs(idx, None)
+        return self.hf.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                                do_sample=False, eos_token_id=None, pad_token_id=0,
+                                attention_mask=torch.ones_like(kwargs["input_ids"]))
 
     def flops_per_token(self):
         return self.ours.flops_per_token()
