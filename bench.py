@@ -8,6 +8,7 @@ file works unchanged.
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
     python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
     python bench.py --ladder config/ladder [--quick]                 # the ablation ladder: seeds, two protocols
+    python bench.py --length config/ladder [--quick]                 # train at block_size, evaluate up to 16x
 
 Model settings come from the config file and --key=value, as for train.py. The training settings a config file
 holds are left out (with a note); given on the command line they are an error, since they would change nothing. Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
@@ -29,7 +30,8 @@ from common import die
 from common.data import load_meta
 from common.devices import autocast_for, device_name, peak_flops, pick_device, pick_dtype
 from common.settings import build_model, parse_config
-from common.study import compare, ladder
+from common.ladder import ladder, length
+from common.study import compare
 from train import DEFAULTS as TRAIN_DEFAULTS
 
 DEFAULTS = {
@@ -194,6 +196,13 @@ class HFTwin(torch.nn.Module):
         cfg_cls, kwargs, model_cls, sd = model.to_hf()
         super().__init__()
         self.hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs))
+        # transformers may tie tensors that ours holds apart (T5 v1.1's output layer in transformers 5): untie them
+        params = dict(self.hf.named_parameters(remove_duplicate=False))
+        for name, p in params.items():
+            first = next(n for n, q in params.items() if q is p)
+            if name != first and name in sd and first in sd and not torch.equal(sd[name], sd[first]):
+                module, _, attr = name.rpartition(".")
+                setattr(self.hf.get_submodule(module), attr, torch.nn.Parameter(p.detach().clone()))
         self.hf.load_state_dict(sd, strict=False)  # strict=False: tied lm_head / buffers absent from sd
         self.hf.to(device)
         self.config, self.ours = model.config, model
@@ -215,6 +224,8 @@ class HFTwin(torch.nn.Module):
 
     def generate(self, idx, max_new_tokens, temperature=0.0, **_):
         kwargs, _ = self.inputs(idx, None)
+        if "decoder_input_ids" in kwargs:  # a decoder prompt already holds its start: no start token prepended
+            kwargs["decoder_start_token_id"] = kwargs["decoder_input_ids"][:, 0]
         return self.hf.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
                                 do_sample=False, eos_token_id=None, pad_token_id=0,
                                 attention_mask=torch.ones_like(kwargs["input_ids"]))
@@ -295,7 +306,7 @@ def main(argv):
                 r = bench_train(m, device, dtype, autocast, cfg["batch_size"], T, cfg["train_steps"],
                                 cfg["warmup_steps"], cfg["compile"])
                 train_rows.append({**tag, "compile": cfg["compile"], **r})
-            if "infer" in modes:
+            if "infer" in modes and (impl == "ours" or hasattr(m.hf, "generate")):  # a masked LM's twin has none
                 infer_rows += [{**tag, **bench_infer(m, device, autocast, L, n_new)} for L in contexts]
             if "scaling" in modes:
                 for L in lengths:
@@ -332,5 +343,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    studies = {"--compare": compare, "--ladder": ladder}  # common/study.py
+    studies = {"--compare": compare, "--ladder": ladder, "--length": length}  # common/study.py
     studies[sys.argv[1]](sys.argv[2:]) if sys.argv[1:2] and sys.argv[1] in studies else main(sys.argv[1:])

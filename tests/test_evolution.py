@@ -90,20 +90,65 @@ LADDER_BASE = CONFIG.replace("max_iters = 12\n", "") + "model = 'lab'\nn_layer =
     "learning_rate = 3e-3\n"
 
 
-def test_ladder_quick_end_to_end_and_resume(workdir):
+def test_ladder_and_length_study_quick_end_to_end_and_resume(workdir):
     lab = workdir / "lab"
     lab.mkdir()
     (lab / "base.py").write_text(LADDER_BASE)
     (lab / "1_gpt2.py").write_text("# GPT-2's choices.\nmodel = 'lab'\n_parent = None\n")
-    (lab / "2_rmsnorm.py").write_text("# + RMSNorm.\nmodel = 'lab'\nnorm = 'rmsnorm'\n_parent = '1_gpt2'\n")
+    (lab / "2_alibi.py").write_text("# + ALiBi.\nmodel = 'lab'\nposition = 'alibi'\n_parent = '1_gpt2'\n")
     p = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir)
     assert "[12/12]" in p.stdout  # 2 rows x (2 learning rates + 2 seeds x 2 protocols)
     table = (workdir / "res" / "ladder.md").read_text().splitlines()
     assert table[0].startswith("| row | parent | change |") and len([r for r in table if r.startswith("| 2_")]) == 1
-    row = [r for r in table if r.startswith("| 2_rmsnorm")][0].split(" | ")
-    assert row[1] == "1_gpt2" and row[2] == "+ RMSNorm." and "±" in row[7] and "±" in row[8] and "±" in row[10]
+    row = [r for r in table if r.startswith("| 2_alibi")][0].split(" | ")
+    assert row[1] == "1_gpt2" and row[2] == "+ ALiBi." and "±" in row[7] and "±" in row[8] and "±" in row[10]
     assert matplotlib.image.imread(workdir / "res" / "ladder.png").shape[0] > 100
     again = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir).stdout
     assert again.count("(finished earlier, reused)") == 12
     p = run("bench.py", "--ladder", "lab", "--quick", "--rows=9_nope", cwd=workdir, check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr and "--rows: no row '9_nope'" in p.stderr
+
+    # The length study: the ladder's sweeps are reused, one new run per row and seed, then 1x, 2x, 4x block_size.
+    p = run("bench.py", "--length", "lab", "--quick", "--out=res/length", cwd=workdir)
+    assert p.stdout.count("(finished earlier, reused)") == 4 and "[8/8]" in p.stdout
+    table = (workdir / "res" / "length.md").read_text().splitlines()
+    assert table[0] == "| row | change | params | 1x whole | 2x whole | 2x past | 4x whole | 4x past |"
+    learned = [r for r in table if r.startswith("| 1_gpt2")][0].split(" | ")
+    alibi = [r for r in table if r.startswith("| 2_alibi")][0].split(" | ")
+    assert "±" in learned[3] and learned[4] == "cannot" and learned[5] == "-"  # learned positions end at block_size
+    assert all("±" in c for c in alibi[3:])
+    assert "learned positions end at block_size" in (workdir / "res" / "length.md").read_text()
+    assert matplotlib.image.imread(workdir / "res" / "length.png").shape[0] > 100
+
+    # window_losses: the val split cut into windows of 2 x block_size; the same numbers computed window by window.
+    import os
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from common.checkpoints import load_checkpoint
+    from common.ladder import window_losses
+    from models.lab import Config, Model
+
+    ckpt_path = workdir / "out" / "lab" / "2_alibi" / "length_s1337" / "ckpt.pt"
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        got = window_losses(str(ckpt_path), [2, 4], max_tokens_per_batch=100)  # several windows per batch
+    finally:
+        os.chdir(cwd)
+    ckpt = load_checkpoint(str(ckpt_path))
+    model = Model(Config(**ckpt["model_config"])).eval()
+    model.load_state_dict(ckpt["model"])
+    val = np.fromfile(workdir / "data" / "tiny" / "val.bin", dtype=np.uint16).astype(np.int64)
+    block, L = model.config.block_size, 2 * model.config.block_size
+    n = (len(val) - 1) // (4 * block) * (4 * block)  # the same tokens at every length: a multiple of the longest
+    nll = []
+    with torch.no_grad():
+        for i in range(0, n, L):
+            x, y = torch.from_numpy(val[i:i + L])[None], torch.from_numpy(val[i + 1:i + L + 1])[None]
+            nll.append(F.cross_entropy(model(x)[0][0], y[0], reduction="none"))
+    nll = torch.stack(nll)
+    assert abs(got[2][0] - nll.mean().item()) < 1e-5 and abs(got[2][1] - nll[:, block:].mean().item()) < 1e-5
+    assert got[4][1] is not None and got[2][0] != got[4][0]
