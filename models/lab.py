@@ -154,7 +154,8 @@ class Attention(nn.Module):
         super().__init__()
         nh, nkv, hs = config.n_head, config.n_kv_head or config.n_head, config.n_embd // config.n_head
         self.n_rep, self.head_dim = nh // nkv, hs  # query heads per key/value head; head size
-        self.wq, self.wk, self.wv = (nn.Linear(config.n_embd, n * hs, bias=config.bias) for n in (nh, nkv, nkv))
+        self.sizes = (nh * hs, nkv * hs, nkv * hs)  # rows of q | k | v in one matmul, as GPT-2's c_attn packs them
+        self.wqkv = nn.Linear(config.n_embd, sum(self.sizes), bias=config.bias)
         self.wo = nn.Linear(nh * hs, config.n_embd, bias=config.bias)
         # QK-norm (Henry 2020, Dehghani 2023): per-head q, k norms keep q.k from growing into one-hot attention.
         qk_norm = (lambda: NORMS[config.norm](hs, config)) if config.qk_norm else nn.Identity
@@ -165,7 +166,7 @@ class Attention(nn.Module):
         """mask: None (causal; a cached query sees all the cache), bool (True = may attend) or a float bias with the
         causal -inf folded in. cache: this layer's (k, v)."""
         B, T, _ = x.size()
-        q, k, v = (w(x).view(B, T, -1, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in self.wqkv(x).split(self.sizes, -1))
         q, k = self.q_norm(q), self.k_norm(k)  # before RoPE: the norm sees the projections, not the angles
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # cached rotated

@@ -39,13 +39,13 @@ def build(seed=0, **kw):
 # The endpoints: GPT-2 and LLaMA are points of the lab's space. The state-dict mappings live here, not in the model.
 
 
-def gpt2_to_lab(sd, n_embd):
-    """models/gpt2.py keys -> models/lab.py keys; the packed c_attn is split into wq, wk, wv (rows q | k | v)."""
+def gpt2_to_lab(sd):
+    """models/gpt2.py keys -> models/lab.py keys: pure renaming (c_attn packs q | k | v rows, as wqkv does)."""
     top = {"transformer.wte.weight": "wte.weight", "transformer.wpe.weight": "position.wpe.weight",
            "transformer.ln_f.weight": "norm_f.weight", "transformer.ln_f.bias": "norm_f.bias",
            "lm_head.weight": "lm_head.weight"}
-    layer = {"ln_1": "attn_norm", "ln_2": "mlp_norm", "attn.c_proj": "attn.wo", "mlp.c_fc": "mlp.c_fc",
-             "mlp.c_proj": "mlp.c_proj"}
+    layer = {"ln_1": "attn_norm", "ln_2": "mlp_norm", "attn.c_attn": "attn.wqkv", "attn.c_proj": "attn.wo",
+             "mlp.c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}
     out = {}
     for k, v in sd.items():
         if k in top:
@@ -53,24 +53,22 @@ def gpt2_to_lab(sd, n_embd):
             continue
         _, _, i, rest = k.split(".", 3)  # transformer.h.{i}.{module}.{weight|bias}
         module, kind = rest.rsplit(".", 1)
-        if module == "attn.c_attn":
-            for name, part in zip(("wq", "wk", "wv"), v.split(n_embd, dim=0)):
-                out[f"blocks.{i}.attn.{name}.{kind}"] = part
-        else:
-            out[f"blocks.{i}.{layer[module]}.{kind}"] = v
+        out[f"blocks.{i}.{layer[module]}.{kind}"] = v
     return out
 
 
 def llama_to_lab(sd):
-    """models/llama.py keys -> models/lab.py keys: pure renaming."""
+    """models/llama.py keys -> models/lab.py keys: renaming, and wq, wk, wv stacked into wqkv (rows q | k | v)."""
     top = {"tok_embeddings.weight": "wte.weight", "norm.weight": "norm_f.weight", "output.weight": "lm_head.weight"}
     layer = {"attention_norm": "attn_norm", "ffn_norm": "mlp_norm", "attention": "attn", "feed_forward": "mlp"}
     out = {}
     for k, v in sd.items():
         if k in top:
             out[top[k]] = v
-        else:  # layers.{i}.{module}.{rest}
+        elif not k.endswith(("wk.weight", "wv.weight")):  # layers.{i}.{module}.{rest}
             _, i, module, rest = k.split(".", 3)
+            if rest == "wq.weight":
+                v, rest = torch.cat([v, sd[k.replace("wq", "wk")], sd[k.replace("wq", "wv")]]), "wqkv.weight"
             out[f"blocks.{i}.{layer[module]}.{rest}"] = v
     return out
 
@@ -84,7 +82,7 @@ def test_gpt2_endpoint_equals_models_gpt2():
                 p.add_(1.0)
     ref = ref.double()
     lab = Model(Config(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_embd=32)).double().eval()  # defaults
-    lab.load_state_dict(gpt2_to_lab(ref.state_dict(), 32))
+    lab.load_state_dict(gpt2_to_lab(ref.state_dict()))
     idx = tokens(3, 32, V)
     with torch.no_grad():
         diff = rel_diff(lab(idx)[0], ref(idx)[0])
@@ -188,7 +186,7 @@ def test_qk_norm_by_definition(norm):
         return (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + cfg.norm_eps) \
             * m.weight + m.bias
 
-    q, k, v = (heads(F.linear(x, lin.weight, lin.bias)) for lin in (attn.wq, attn.wk, attn.wv))
+    q, k, v = (heads(t) for t in F.linear(x, attn.wqkv.weight, attn.wqkv.bias).split(32, dim=-1))
     q, k = normed(q, attn.q_norm), normed(k, attn.k_norm)
     scores = (q @ k.transpose(-1, -2) / math.sqrt(8)).masked_fill(torch.ones(10, 10).triu(1).bool(), float("-inf"))
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 10, 32)
