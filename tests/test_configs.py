@@ -21,7 +21,10 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(ROOT, "config")))
 def test_config_parses_and_builds(path):
-    cfg, module, model_kwargs = parse_config([path], DEFAULTS, "train.py")
+    # A study's row (config/ladder/, config/length/) runs on top of the base.py beside it, as the study runs it.
+    base = os.path.join(os.path.dirname(path), "base.py")
+    configs = [base, path] if os.path.isfile(base) and path != base else [path]
+    cfg, module, model_kwargs = parse_config(configs, DEFAULTS, "train.py")
     assert cfg["batch_size"] >= 1 and cfg["learning_rate"] > 0
     model_kwargs.setdefault("vocab_size", 50304 if cfg["dataset"] != "shakespeare_char" else 65)
     with torch.device("meta"):
