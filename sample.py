@@ -5,7 +5,14 @@ Generate text from a checkpoint written by train.py:
 
 Settings are written --key=value, as for train.py and bench.py. The model file and its config come from the
 checkpoint (its model_name and model_config), the tokenizer from the dataset meta stored beside them. Decoding is
-incremental: each model's generate() keeps a KV cache or a recurrent state.
+incremental: each model's generate() keeps a KV cache or a recurrent state (a masked LM re-encodes instead).
+
+A prompt holding [MASK] markers (that literal text) is filled instead of continued, by a model that has fill()
+(the masked LM, models/bert.py): each marker is one token, filled left to right, and the prompt is printed filled;
+max_new_tokens is not used. The markers are split out before tokenizing (a character tokenizer would otherwise read
+six characters):
+
+    python sample.py --ckpt=out/bert_shakespeare_char --start="To be, or [MASK][MASK][MASK] to be" --temperature=0
 """
 
 import os
@@ -32,6 +39,7 @@ DEFAULTS = dict(
     device="auto",
     dtype="auto",
 )
+MASK = "[MASK]"  # a marker in --start: a token for the model's fill() to choose
 
 
 def main(argv):
@@ -68,18 +76,23 @@ def main(argv):
             die(f"--start={start}: no such file")
         with open(path, encoding="utf-8") as f:
             start = f.read()
-    ids = encode(start)
+    fill = MASK in start
+    if fill and not hasattr(model, "fill"):
+        die(f"--start holds {MASK} markers, but models/{ckpt['model_name']}.py has no fill() to fill them (a masked "
+            f"LM such as models/bert.py has); remove them to continue the text")
+    pieces = [encode(piece) for piece in start.split(MASK)]
+    ids = pieces[0] + [i for piece in pieces[1:] for i in [model.mask_id] + piece] if fill else pieces[0]
     if not ids:
         die("--start is empty; give at least one character or token")
     x = torch.tensor([ids], dtype=torch.long, device=device)
+    sampling = dict(temperature=args["temperature"], top_k=args["top_k"], top_p=args["top_p"])
     for _ in range(args["num_samples"]):
         t0 = time.time()
         with autocast:
-            y = model.generate(x, args["max_new_tokens"], temperature=args["temperature"], top_k=args["top_k"],
-                               top_p=args["top_p"])
+            y = model.fill(x, **sampling) if fill else model.generate(x, args["max_new_tokens"], **sampling)
         dt = time.time() - t0
         print(decode(y[0].tolist()))
-        n = args["max_new_tokens"]
+        n = len(pieces) - 1 if fill else args["max_new_tokens"]
         print(f"---------------- {n} tokens in {dt:.2f} s ({n / max(dt, 1e-9):.0f} tok/s)", file=sys.stderr)
 
 
