@@ -29,6 +29,7 @@ TINY = {
     "bert": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0),
     "gpt2": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32),
     "lab": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, mod_capacity=0.5),
+    "linear_attention": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, chunk_size=8),
     "llama": dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=64),
     "moe": dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=32,
                 n_expert=4, top_k=2),
