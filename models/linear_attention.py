@@ -3,18 +3,18 @@ Linear attention: GPT-2 with softmax attention replaced by causal linear attenti
 
 Paper:
 - Katharopoulos, Vyas, Pappas & Fleuret 2020, "Transformers are RNNs: Fast Autoregressive Transformers with Linear
-  Attention" (ICML 2020, arXiv 2006.16236); section and equation numbers below refer to it.
+  Attention" (ICML 2020, arXiv 2006.16236); section numbers below refer to it.
 
 What changed since the previous generation (GPT-2, models/gpt2.py):
 - No softmax. The similarity of a query and a key is a dot product of positive features, phi(q) . phi(k) with
-  phi(x) = elu(x) + 1 (eq. 7), and an output is the similarity-weighted mean of the values (eqs. 4, 8). Because the
-  similarity factorises, (phi(Q) phi(K)^T) V = phi(Q) (phi(K)^T V) (eq. 6): causal attention becomes a running sum.
+  phi(x) = elu(x) + 1 (section 3.2.1), and an output is the similarity-weighted mean of the values (3.2). Because the
+  similarity factorises, (phi(Q) phi(K)^T) V = phi(Q) (phi(K)^T V) (3.2): causal attention becomes a running sum.
 - No KV cache: a state of fixed size. Per head S_i = sum_{j<=i} phi(k_j) v_j^T (hs x hs) and Z_i = sum_{j<=i}
-  phi(k_j) (hs), and y_i = phi(q_i)^T S_i / phi(q_i)^T Z_i (eqs. 10-12): O(1) time and memory per decoded token,
+  phi(k_j) (hs), and y_i = phi(q_i)^T S_i / phi(q_i)^T Z_i (3.3): O(1) time and memory per decoded token,
   whatever the context length (section 3.4: the Transformer as an RNN).
-- Three forms of one function, which the tests hold equal: quadratic (eq. 8, masked T x T like softmax attention),
+- Three forms of one function, which the tests hold equal: quadratic (3.3, masked T x T like softmax attention),
   chunked (masked matmuls inside chunks of `chunk_size`, the running state across them: linear in T; training and
-  prompts) and recurrent (eqs. 16-20, one token at a time; decoding).
+  prompts) and recurrent (3.4, one token at a time; decoding).
 - Everything else is GPT-2's: learned positions, pre-LN, GELU MLP, tied head, the same init and the same parameter
   names, so a GPT-2 checkpoint loads by name (`--init_from`). Learned positions keep attention the one change from
   GPT-2; the price is GPT-2's bounded context: the state itself has no length limit, the position table does.
@@ -64,7 +64,7 @@ def upcast(x):
 
 
 def phi(x):
-    """The feature map of section 3.2.1, eq. 7: elu(x) + 1, positive everywhere (so similarities and the normaliser
+    """The feature map of section 3.2.1: elu(x) + 1, positive everywhere (so similarities and the normaliser
     are too), the identity plus one for x > 0 and a smooth exp(x) below. phi(0) = 1, not 0: pad after phi."""
     return F.elu(x) + 1
 
@@ -81,12 +81,12 @@ def attention_quadratic(q, k, v, eps):
 
 def attention_chunked(q, k, v, chunk_size, eps, S=None, z=None):
     """The same function, linear in T. Split T into N chunks of C tokens; chunk n sees its own tokens through a C x C
-    masked matmul (as the quadratic form) and every earlier chunk through the state S_(n-1) (eq. 10 at the chunk's
+    masked matmul (as the quadratic form) and every earlier chunk through the state S_(n-1) (section 3.3's S at the chunk's
     start):  Y_[n] = (phi(Q_[n]) phi(K_[n])^T ⊙ M) V_[n]  +  phi(Q_[n]) S_(n-1),  S_n = S_(n-1) + phi(K_[n])^T V_[n].
     Without a decay the states are a prefix sum over chunks (one cumsum, no loop; RetNet's decayed state needs one).
-    Keeping a state per chunk, not per token, is what makes this trainable: autograd through eq. 10 per token would
+    Keeping a state per chunk, not per token, is what makes this trainable: autograd through that recurrence per token would
     store T states of hs x hs (section 3.3.1 derives the gradients by hand for that reason).
-    The normaliser is eq. 11 per token: Z_t = z + cumsum_j phi(k_j), a float32 (B, nh, T, hs) cumsum, then
+    The normaliser is section 3.3's Z per token: Z_t = z + cumsum_j phi(k_j), a float32 (B, nh, T, hs) cumsum, then
     phi(q_t).Z_t. S, z: an optional state from earlier tokens (generation). Returns (y, S_T, Z_T), the state after
     the last token in at least float32. T not divisible by C: zero-padded after phi, so the padding adds nothing."""
     B, nh, T, hs = q.shape
@@ -108,13 +108,13 @@ def attention_chunked(q, k, v, chunk_size, eps, S=None, z=None):
     cross = qc @ S_before.to(qc.dtype)  # (B, nh, N, C, hs): from every earlier chunk
     num = (upcast(inner) + upcast(cross)).view(B, nh, N * C, hs)[:, :, :T]  # (B, nh, T, hs)
 
-    Z = z0[:, :, None] + upcast(k).cumsum(2)  # (B, nh, T, hs): eq. 11 at every position
+    Z = z0[:, :, None] + upcast(k).cumsum(2)  # (B, nh, T, hs): Z at every position
     den = (upcast(q) * Z).sum(-1, keepdim=True)  # (B, nh, T, 1): phi(q_t)^T Z_t
     return num / (den + eps), S_after[:, :, -1], Z[:, :, -1]
 
 
 def attention_recurrent(q, k, v, eps, S, z):
-    """Section 3.4, eqs. 16-20: one token at a time, s_i = s_(i-1) + phi(k_i) v_i^T, z_i = z_(i-1) + phi(k_i),
+    """Section 3.4: one token at a time, s_i = s_(i-1) + phi(k_i) v_i^T, z_i = z_(i-1) + phi(k_i),
     y_i = phi(q_i)^T s_i / (phi(q_i)^T z_i + eps). S (B, nh, hs, hs) and z (B, nh, hs) summarise every earlier
     token: O(1) per token, no KV cache. All in the state's dtype (>= float32); the products are elementwise, which
     autocast does not lower to bf16. Returns (y, S, z)."""
@@ -221,7 +221,7 @@ class Config:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
-    form: str = "chunked"  # training form: 'chunked' (linear in T) or 'quadratic' (eq. 8, O(T^2))
+    form: str = "chunked"  # training form: 'chunked' (linear in T) or 'quadratic' (section 3.3's masked form, O(T^2))
     chunk_size: int = 64  # chunk length of the chunked form (training and prompts)
     eps: float = 1e-6  # added to the normaliser phi(q)^T Z (fast-transformers' value)
 

@@ -1,5 +1,5 @@
 """Tests for models/linear_attention.py. No reference implementation of Katharopoulos et al. 2020 installs here, so
-the reference is eq. 8 of the paper written out in this file, one position at a time, in float64: the model's three
+the reference is the paper's causal linear attention (section 3.3) written out in this file, one position at a time, in float64: the model's three
 forms (quadratic, chunked at several chunk sizes, recurrent) must equal it near float64 rounding, and so must the
 whole model's logits, its gradients in either training form, and its incremental generation. Then bf16 autocast,
 the state's dtype, long sequences, config errors and the FLOP count."""
@@ -22,7 +22,7 @@ f64 = dict(dtype=torch.float64)
 
 def reference(q, k, v, eps=EPS):
     """Eq. 8 as written, position by position: y_i = sum_{j<=i} s_ij v_j / (sum_{j<=i} s_ij + eps) with
-    s_ij = phi(q_i) . phi(k_j), phi(x) = elu(x) + 1 (eq. 7). q, k, v (B, nh, T, hs) before the feature map."""
+    s_ij = phi(q_i) . phi(k_j), phi(x) = elu(x) + 1 (section 3.2.1). q, k, v (B, nh, T, hs) before the feature map."""
     fq = torch.where(q > 0, q + 1, torch.exp(q))  # elu(x) + 1, written out
     fk = torch.where(k > 0, k + 1, torch.exp(k))
     out = torch.empty_like(v)
@@ -54,13 +54,13 @@ def zero_state(B, H, hs):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The three forms against eq. 8
+# The three forms against the reference
 
 
 @pytest.mark.parametrize("T", [1, 7, 16, 37, 64])
 def test_forms_equal_reference(T):
-    """Quadratic, chunked (chunk 1, 3, 8, 16 = T or not, and larger than T) and recurrent, all against eq. 8; the
-    state after the sequence is the same from the chunked and the recurrent form (eqs. 10, 11)."""
+    """Quadratic, chunked (chunk 1, 3, 8, 16 = T or not, and larger than T) and recurrent, all against the reference; the
+    state after the sequence is the same from the chunked and the recurrent form (S and Z of section 3.3)."""
     torch.manual_seed(T)
     B, H, hs = 2, 3, 8
     q, k, v = (torch.randn(B, H, T, hs, **f64) for _ in range(3))
@@ -93,7 +93,7 @@ def test_chunked_continues_from_a_state():
 @pytest.mark.parametrize("T", [1, 8, 21, 64])
 def test_model_forms_agree_with_reference(T):
     """Whole-model logits: the model's chunked and quadratic forms and token-by-token recurrent decoding equal a
-    forward pass written here with eq. 8 (reference) in place of the model's attention."""
+    forward pass written here with the reference in place of the model's attention."""
     model = make_model()
     idx = tokens(2, T, V, seed=T)
 
