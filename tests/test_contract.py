@@ -34,6 +34,8 @@ TINY = {
     "moe": dict(block_size=32, vocab_size=V, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, ffn_hidden=32,
                 n_expert=4, top_k=2),
     "mamba": dict(block_size=32, vocab_size=V, n_layer=2, d_model=32, d_state=8),
+    "mamba2": dict(block_size=32, vocab_size=V, n_layer=2, d_model=32, d_state=8, head_dim=16, n_groups=2,
+                   chunk_size=8),
     "retnet": dict(block_size=32, vocab_size=V, n_layer=2, n_head=2, n_embd=32, chunk_size=8),
     "t5": dict(block_size=32, vocab_size=V, src_len=8, d_model=32, n_head=2, d_kv=16, d_ff=64, n_encoder_layer=2,
                n_decoder_layer=2),
