@@ -278,12 +278,12 @@ def plot_length(path, names, results, mults, device):
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for k, ax in enumerate(axes):
-        for name in names:
+        for i, name in enumerate(names):  # one colour per row in both panels, drawn or not
             pts = [(m, mean_std([r[m][k] for r in results[name]])) for m in mults
                    if not isinstance(results[name][0][m], str) and results[name][0][m][k] is not None]
             if pts:
                 ax.errorbar([m for m, _ in pts], [s[0] for _, s in pts], yerr=[s[1] for _, s in pts], marker="o",
-                            capsize=3, label=name)
+                            capsize=3, label=name, color=f"C{i}")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("evaluation length / training length")
         ax.set_ylabel("val loss" + (" (positions past the training length)" if k else " (whole window)"))
