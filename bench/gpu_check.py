@@ -36,21 +36,29 @@ import torch.nn.functional as F
 # Model sizes: the only per-model knowledge here. Every file in models/ needs an entry, or the check refuses to run
 # (so a new model file is never silently left out). TINY for the CPU dry run, SMALL for the GPU.
 TINY = {
+    "bert": "--n_layer=2 --n_head=2 --n_embd=32",
     "gpt2": "--n_layer=2 --n_head=2 --n_embd=32",
     "lab": "--n_layer=2 --n_head=2 --n_embd=32 --position=alibi --n_kv_head=1 --mod_capacity=0.5",
+    "linear_attention": "--n_layer=2 --n_head=2 --n_embd=32 --chunk_size=8",
     "llama": "--n_layer=2 --n_head=2 --n_kv_head=1 --n_embd=32 --ffn_hidden=64",
     "moe": "--n_layer=2 --n_head=2 --n_kv_head=1 --n_embd=32 --ffn_hidden=64 --n_expert=4",
     "retnet": "--n_layer=2 --n_head=2 --n_embd=32",
     "mamba": "--n_layer=2 --d_model=32",
+    "mamba2": "--n_layer=2 --d_model=32 --d_state=16 --head_dim=16 --chunk_size=8",
+    "t5": "--n_head=2 --d_model=32 --d_kv=16 --d_ff=64 --src_len=16 --n_encoder_layer=1 --n_decoder_layer=1",
     "transformer": "--n_head=2 --d_model=32 --d_ff=64 --src_len=16 --n_encoder_layer=1 --n_decoder_layer=1",
 }
 SMALL = {  # 2 layers keep torch.compile short; head dim 64 or 128 so flash attention applies
+    "bert": "--n_layer=2 --n_head=4 --n_embd=256",
     "gpt2": "--n_layer=2 --n_head=4 --n_embd=256",
     "lab": "--n_layer=2 --n_head=4 --n_embd=256 --position=alibi --n_kv_head=2 --mod_capacity=0.5",
+    "linear_attention": "--n_layer=2 --n_head=4 --n_embd=256 --chunk_size=64",
     "llama": "--n_layer=2 --n_head=4 --n_kv_head=2 --n_embd=256 --ffn_hidden=768",
     "moe": "--n_layer=2 --n_head=4 --n_kv_head=2 --n_embd=256 --ffn_hidden=768 --n_expert=4",
     "retnet": "--n_layer=2 --n_head=2 --n_embd=256",
     "mamba": "--n_layer=2 --d_model=256",
+    "mamba2": "--n_layer=2 --d_model=256 --d_state=64 --head_dim=64 --chunk_size=64",
+    "t5": "--n_head=4 --d_model=256 --d_kv=64 --d_ff=1024 --src_len=128 --n_encoder_layer=2 --n_decoder_layer=2",
     "transformer": "--n_head=4 --d_model=256 --d_ff=1024 --src_len=128 --n_encoder_layer=2 --n_decoder_layer=2",
 }
 # train.py settings of every training check: a few dozen iterations on GPU (a few on CPU), one evaluation at each

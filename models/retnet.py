@@ -10,7 +10,9 @@ Papers:
 - The authors' code, torchscale 0.3.0 (`RetNetDecoder`), where the paper leaves a detail open; tests/test_retnet.py
   checks this file against it.
 
-What changed since the previous generation (LLaMA, models/llama.py):
+What changed since the previous generation (LLaMA, models/llama.py; in the recurrent line, linear attention,
+models/linear_attention.py, which already dropped the softmax for a running sum: retention adds a decay gamma to
+that sum, uses q . k without a feature map, and normalises with GroupNorm instead of dividing by phi(q) . z):
 - Softmax attention becomes retention, o_n = sum_{m<=n} gamma^(n-m) (q_n . k_m) v_m (section 2.1). Without the
   softmax the same function has three forms: parallel (training, O(T^2) like attention with a decay mask D),
   recurrent (decoding: one d_k x d_v state matrix per head per layer, O(1) per token, no KV cache) and chunkwise

@@ -25,17 +25,44 @@ def test_all_modes_with_hf_twin(tmp_path):
     assert "decode float32 context 16:" in p.stdout
 
 
+ENCODER_DECODER = ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"]
+SIZES = {  # every file in models/ (the test below fails for one left out)
+    "bert": ["--n_layer=2", "--n_head=2", "--n_embd=32"],
+    "gpt2": ["--n_layer=2", "--n_head=2", "--n_embd=32"],
+    "lab": ["--n_layer=2", "--n_head=2", "--n_embd=32", "--position=t5", "--mod_capacity=0.5"],
+    "linear_attention": ["--n_layer=2", "--n_head=2", "--n_embd=32", "--chunk_size=8"],
+    "llama": ["--n_layer=2", "--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"],
+    "mamba": ["--n_layer=2", "--d_model=32"],
+    "mamba2": ["--n_layer=2", "--d_model=32", "--d_state=16", "--head_dim=16", "--chunk_size=8"],
+    "moe": ["--n_layer=2", "--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88", "--n_expert=4"],
+    "retnet": ["--n_layer=2", "--n_head=2", "--n_embd=32"],
+    "t5": ENCODER_DECODER + ["--d_kv=16", "--d_ff=64"],
+    "transformer": ENCODER_DECODER,
+}
+
+
 def test_every_model_file_runs_in_bench(tmp_path):
-    sizes = {"llama": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88"], "mamba": ["--d_model=32"],
-             "retnet": ["--n_head=2", "--n_embd=32"], "moe": ["--n_head=2", "--n_kv_head=1", "--n_embd=32", "--ffn_hidden=88", "--n_expert=4"],
-             "transformer": ["--n_head=2", "--d_model=32", "--src_len=8", "--n_encoder_layer=1", "--n_decoder_layer=1"],
-             "lab": ["--n_head=2", "--n_embd=32", "--position=t5", "--mod_capacity=0.5"]}
-    for model, extra in sizes.items():
+    from test_contract import MODELS
+
+    assert sorted(SIZES) == MODELS, "add the new model file's sizes to SIZES"
+    for model, extra in SIZES.items():
         args = [a for a in TINY_BENCH if not a.startswith(("--model", "--n_head", "--n_embd", "--n_layer"))]
-        args += [] if model == "transformer" else ["--n_layer=2"]
         p = run("bench.py", *args, f"--model={model}", *extra, "--dtypes=float32", "--results=res.jsonl", cwd=tmp_path)
         assert "Training (forward" in p.stdout, model
-    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "res.jsonl").read_text().splitlines()) == len(SIZES)
+
+
+def test_hf_twin_of_the_encoder_models(tmp_path):
+    """--vs_hf for the models whose twin takes other inputs (hf_inputs): BERT trains (BertForMaskedLM cannot
+    generate, so its decode rows are ours only), T5 trains and decodes."""
+    args = [a for a in TINY_BENCH if not a.startswith(("--model", "--n_head", "--n_embd", "--n_layer"))]
+    for model in ("bert", "t5"):
+        p = run("bench.py", *args, f"--model={model}", *SIZES[model], "--dtypes=float32", "--vs_hf=True",
+                "--results=res.jsonl", cwd=tmp_path)
+        rec = json.loads((tmp_path / "res.jsonl").read_text().splitlines()[-1])
+        assert {r["impl"] for r in rec["train"]} == {"ours", "hf"} and all(r["tok_s"] > 0 for r in rec["train"])
+        assert {r["impl"] for r in rec["infer"]} == ({"ours"} if model == "bert" else {"ours", "hf"}), model
+        assert re.search(r"train float32 T=32: [\d.]+x tokens/s", p.stdout), model
 
 
 def test_bench_bad_input_one_line(tmp_path):
