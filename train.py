@@ -14,7 +14,6 @@ The trainer knows nothing about any model beyond the shared interface (see READM
 
 import dataclasses
 import json
-import math
 import os
 import shlex
 import sys
@@ -29,7 +28,9 @@ from common.checkpoints import (check_resumable, ensure_writable_dir, load_check
 from common.data import get_batch, load_meta, open_bin, sample_starts, tokenizer
 from common.devices import autocast_for, device_name, peak_flops, peak_memory_mb, pick_device, pick_dtype
 from common.guards import StopRequest, agree, stop_nonfinite, weights_finite
+from common.optim import OPTIMIZERS, SCHEDULES, configure_optimizer, get_lr
 from common.settings import build_model, parse_config
+from common.sophia import gauss_newton_bartlett
 
 DEFAULTS = dict(
     model="gpt2",  # module name under models/
@@ -41,16 +42,26 @@ DEFAULTS = dict(
     batch_size=12,  # sequences per micro-step per process
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
     max_iters=2000,
-    max_seconds=0.0,  # stop after this much training time (evaluation excluded); cosine then decays over it. 0 = off
+    max_seconds=0.0,  # stop after this much training time (evaluation excluded); schedules then run over it. 0 = off
+    optimizer="adamw",  # 'adamw', 'lion', 'sophia' (Sophia-G), 'muon' (Muon + AdamW): common/optim.py
     learning_rate=1e-3,
     min_lr=1e-4,
-    schedule="cosine",  # 'cosine' (warmup, then cosine to min_lr), 'noam' (Vaswani et al. 2017), 'constant'
+    schedule="cosine",  # 'cosine', 'noam' (Vaswani et al. 2017), 'constant', 'wsd', 'cosine_restarts': get_lr
     warmup_iters=100,
-    lr_decay_iters=2000,
+    lr_decay_iters=2000,  # end of the schedule's horizon (with max_seconds: the time budget instead)
+    wsd_decay_frac=0.2,  # wsd: the decay (1-sqrt, to min_lr) takes this last share of the horizon, in (0, 1]
+    wsd_decay_start=0,  # wsd: > 0 decays from this iteration to lr_decay_iters instead (anneal a plateau checkpoint)
+    restart_period=1 / 7,  # cosine_restarts: the first cycle's share of the horizon (SGDR's T_0)
+    restart_mult=2.0,  # cosine_restarts: each cycle this much longer (T_mult): 1/7, 2/7, 4/7 end at the horizon
     weight_decay=0.1,
-    beta1=0.9,
+    beta1=0.9,  # AdamW (and Muon's AdamW part)
     beta2=0.95,
     adam_eps=1e-8,
+    lion_betas=(0.9, 0.99),  # Lion's (the paper's); take learning_rate 3-10x lower, weight_decay 3-10x higher
+    sophia_betas=(0.965, 0.99),  # Sophia's momentum and Hessian EMA (the authors' GPT-2 runs)
+    sophia_gamma=0.05,  # Sophia: update clip(m / max(gamma * h, 1e-12), 1); rho in the authors' code
+    hessian_interval=10,  # Sophia: refresh the Hessian estimate every k steps
+    muon_momentum=0.95,  # Muon's Nesterov momentum; its lr and weight decay are AdamW's (RMS-matched updates)
     grad_clip=1.0,  # 0 disables
     skip_nonfinite=False,  # skip (and count) steps whose loss is NaN/inf instead of stopping
     # evaluation, logging, checkpoints
@@ -72,43 +83,24 @@ DEFAULTS = dict(
 
 
 def check_settings(cfg):
-    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
+                "hessian_interval"):
         if cfg[key] < 1:
             die(f"{key}={cfg[key]} must be at least 1")
-    if cfg["schedule"] not in ("cosine", "noam", "constant"):
-        die(f"schedule={cfg['schedule']!r} is not one of 'cosine', 'noam', 'constant'")
+    for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if cfg[key] not in valid:
+            die(f"{key}={cfg[key]!r} is not one of {', '.join(map(repr, valid))}")
     if cfg["schedule"] == "noam" and cfg["warmup_iters"] < 1:
         die("schedule='noam' needs warmup_iters >= 1 (its peak is at step warmup_iters; the paper uses 4000)")
+    if cfg["schedule"] == "wsd" and not 0 < cfg["wsd_decay_frac"] <= 1:
+        die(f"wsd_decay_frac={cfg['wsd_decay_frac']} must be in (0, 1]: the share of the horizon the decay takes")
+    if cfg["wsd_decay_start"] and (cfg["max_seconds"] > 0 or not 0 < cfg["wsd_decay_start"] < cfg["lr_decay_iters"]):
+        die(f"wsd_decay_start={cfg['wsd_decay_start']} must lie between 0 and lr_decay_iters={cfg['lr_decay_iters']}"
+            f" and is for runs without max_seconds (there the decay is the last wsd_decay_frac of the budget)")
+    if cfg["schedule"] == "cosine_restarts" and not (0 < cfg["restart_period"] <= 1 and cfg["restart_mult"] >= 1):
+        die(f"restart_period={cfg['restart_period']} must be in (0, 1] and restart_mult={cfg['restart_mult']} >= 1")
     if cfg["compile"] not in ("auto", True, False):
         die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
-
-
-def get_lr(it, cfg, time_frac=None):
-    """Learning rate at iteration it; with a time budget (time_frac = share of max_seconds used) cosine decays
-    over the budget instead of lr_decay_iters, so every model gets a whole schedule in the same wall-clock time."""
-    if cfg["schedule"] == "constant":
-        return cfg["learning_rate"]
-    if cfg["schedule"] == "noam":  # Vaswani et al. 2017, eq. 3; learning_rate carries the d_model^-0.5 factor
-        step = it + 1
-        return cfg["learning_rate"] * min(step ** -0.5, step * cfg["warmup_iters"] ** -1.5)
-    if it < cfg["warmup_iters"]:  # cosine: linear warmup, cosine decay to min_lr, then flat
-        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
-    ratio = (it - cfg["warmup_iters"]) / max(1, cfg["lr_decay_iters"] - cfg["warmup_iters"])
-    ratio = ratio if time_frac is None else time_frac
-    if ratio > 1:
-        return cfg["min_lr"]
-    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
-
-
-def configure_optimizer(model, cfg, device):
-    """AdamW. Decay matmul weights and embeddings, not biases or norm gains (nor what a model marks
-    `_no_weight_decay`)."""
-    decays = lambda p: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)  # noqa: E731
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if decays(p)], "weight_decay": cfg["weight_decay"]},
-              {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["adam_eps"],
-                             fused=device.type in ("cuda", "cpu"))
 
 
 @torch.no_grad()
@@ -202,6 +194,10 @@ def main(argv):
     state = dict(iter_num=0, best_val_loss=float("inf"), skipped=0, train_time=0.0, wandb_id=None)
     saved_iter = None
     if ckpt is not None:
+        trained_with = ckpt.get("config", {}).get("optimizer", "adamw")
+        if trained_with != cfg["optimizer"]:
+            die(f"{ckpt_path} was trained with optimizer={trained_with!r}; resume with --optimizer={trained_with}, "
+                f"or start a new run from its weights with --init_from={ckpt_path}")
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as e:
@@ -280,6 +276,8 @@ def main(argv):
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
             x, y = get_batch(train_data, ix[micro], block_size, device)
+            if micro == 0 and it % cfg["hessian_interval"] == 0 and hasattr(optimizer, "update_hessian"):
+                gauss_newton_bartlett(optimizer, model, x, y, autocast)  # Sophia's h, every k steps (common/sophia.py)
             # DDP averages gradients across processes; do it once, on the last micro-step.
             sync = model.no_sync() if ddp and micro < accum - 1 else nullcontext()
             with sync, autocast:

@@ -8,6 +8,9 @@ model files are reached only through the interface in README.md ("The model inte
     devices.py      devices, dtypes and autocast, GPU peak FLOP/s, memory
     guards.py       what keeps a long run safe: Ctrl-C/SIGTERM, non-finite losses, one clock for all processes
     study.py        a study: train.py over several configs, the logs turned into a table and a plot, resumable
+    ladder.py       the studies on models/lab.py: the ablation ladder and the length study
+    optim.py        optimizers, the one parameter-group rule, learning-rate schedules
+    lion.py         Lion (Chen et al. 2023); sophia.py: Sophia-G (Liu et al. 2023)
 
 die() is here: every user mistake, in every script, ends in the same single line.
 """

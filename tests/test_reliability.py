@@ -59,6 +59,18 @@ def logged_losses(out):
     return found
 
 
+def assert_same(a, b):
+    """Nested dicts and lists of tensors and plain values (an optimizer's state_dict), bitwise equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, (dict, list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b) and (a.keys() == b.keys() if isinstance(a, dict) else True)
+        for x, y in (((a[k], b[k]) for k in a) if isinstance(a, dict) else zip(a, b)):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
 def assert_continues_exactly(baseline, resumed_out, resumed_ckpt, at):
     """From iteration `at` on, the resumed run logs the same losses as the uninterrupted one and ends with
     bitwise the same weights and optimizer state (CPU float32: no tolerance)."""
@@ -68,8 +80,7 @@ def assert_continues_exactly(baseline, resumed_out, resumed_ckpt, at):
     ckpt = torch.load(resumed_ckpt, weights_only=True)
     assert ckpt["iter_num"] == 300 and ckpt["model"].keys() == base_ckpt["model"].keys()
     assert all(torch.equal(ckpt["model"][k], base_ckpt["model"][k]) for k in ckpt["model"])
-    for a, b in zip(ckpt["optimizer"]["state"].values(), base_ckpt["optimizer"]["state"].values()):
-        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same(ckpt["optimizer"], base_ckpt["optimizer"])
 
 
 LAUNCHED = []
@@ -121,9 +132,31 @@ def one_line_error(p):
 # Exact resume after SIGKILL; clean stops on SIGINT and SIGTERM
 
 
-def test_sigkill_at_an_arbitrary_moment_then_resume_matches_the_uninterrupted_run(shared, baseline):
-    ckpt = shared / "killed" / "ckpt.pt"
-    p = launch("train.py", [*LONG, "--out_dir=killed"], shared, shared / "killed.log")
+# Every optimizer's state resumes exactly; Sophia refreshes its Hessian estimate every 3 steps, so the checkpoints
+# (every 10) fall between refreshes and the estimate must come from the checkpoint.
+WITH_OPTIMIZER = {"adamw": [], "lion": ["--optimizer=lion", "--learning_rate=3e-4"],
+                  "sophia": ["--optimizer=sophia", "--hessian_interval=3"], "muon": ["--optimizer=muon"]}
+
+
+@pytest.fixture(scope="module")
+def baselines(shared, baseline):
+    """The uninterrupted run with each optimizer (adamw's is `baseline`), each made when first needed."""
+    runs = {"adamw": baseline}
+
+    def get(optimizer):
+        if optimizer not in runs:
+            out_dir = f"baseline_{optimizer}"
+            out = run("train.py", *LONG, *WITH_OPTIMIZER[optimizer], f"--out_dir={out_dir}", cwd=shared).stdout
+            runs[optimizer] = out, torch.load(shared / out_dir / "ckpt.pt", weights_only=True)
+        return runs[optimizer]
+    return get
+
+
+@pytest.mark.parametrize("optimizer", list(WITH_OPTIMIZER))
+def test_sigkill_at_an_arbitrary_moment_then_resume_matches_the_uninterrupted_run(shared, baselines, optimizer):
+    args, out_dir = [*LONG, *WITH_OPTIMIZER[optimizer]], f"killed_{optimizer}"
+    ckpt = shared / out_dir / "ckpt.pt"
+    p = launch("train.py", [*args, f"--out_dir={out_dir}"], shared, shared / f"{out_dir}.log")
     wait_for(ckpt.exists, p)
     delay = random.uniform(0, 0.2)
     time.sleep(delay)  # anywhere after the first checkpoint: mid-step, mid-eval or mid-checkpoint-write
@@ -131,9 +164,9 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_matches_the_uninterrupted_ru
     assert p.wait() == -signal.SIGKILL, f"killed {delay:.3f} s after the first checkpoint"
     at = torch.load(ckpt, weights_only=True)["iter_num"]
     assert 10 <= at < 300 and at % 10 == 0, f"killed {delay:.3f} s after the first checkpoint"
-    resumed = run("train.py", *LONG, "--out_dir=killed", "--resume", cwd=shared).stdout
-    assert f"resumed from killed/ckpt.pt at iter {at}" in resumed
-    assert_continues_exactly(baseline, resumed, ckpt, at)
+    resumed = run("train.py", *args, f"--out_dir={out_dir}", "--resume", cwd=shared).stdout
+    assert f"resumed from {out_dir}/ckpt.pt at iter {at}" in resumed
+    assert_continues_exactly(baselines(optimizer), resumed, ckpt, at)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -406,7 +439,7 @@ CASES = [  # (id, script, args (train.py cases get TINY first), setup, env, mess
     ("vocab_size below the dataset's", "train.py", ["--vocab_size=10"], None, None,
      r"vocab_size=10 is smaller than the dataset's \d+; leave vocab_size out"),
     ("unknown schedule", "train.py", ["--schedule=cosin"], None, None,
-     r"schedule='cosin' is not one of 'cosine', 'noam', 'constant'$"),
+     r"schedule='cosin' is not one of 'cosine', 'noam', 'constant', 'wsd', 'cosine_restarts'$"),
     ("eval_interval 0", "train.py", ["--eval_interval=0"], None, None, r"eval_interval=0 must be at least 1$"),
     ("noam schedule without warmup", "train.py", ["--schedule=noam", "--warmup_iters=0"], None, None,
      r"schedule='noam' needs warmup_iters >= 1 \(its peak is at step warmup_iters"),
