@@ -8,7 +8,7 @@ file works unchanged.
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
     python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
     python bench.py --ladder config/ladder [--quick]                 # the ablation ladder: seeds, two protocols
-    python bench.py --length config/ladder [--quick]                 # train at block_size, evaluate up to 16x
+    python bench.py --length config/length [--quick]                 # train at block_size, evaluate up to 16x
 
 Model settings come from the config file and --key=value, as for train.py. The training settings a config file
 holds are left out (with a note); given on the command line they are an error, since they would change nothing. Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
@@ -197,10 +197,10 @@ class HFTwin(torch.nn.Module):
         super().__init__()
         self.hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**kwargs))
         # transformers may tie tensors that ours holds apart (T5 v1.1's output layer in transformers 5): untie them
-        params = dict(self.hf.named_parameters(remove_duplicate=False))
-        for name, p in params.items():
-            first = next(n for n, q in params.items() if q is p)
-            if name != first and name in sd and first in sd and not torch.equal(sd[name], sd[first]):
+        first = {}  # id of a tensor -> the first name it has
+        for name, p in list(self.hf.named_parameters(remove_duplicate=False)):
+            other = first.setdefault(id(p), name)
+            if other != name and name in sd and other in sd and not torch.equal(sd[name], sd[other]):
                 module, _, attr = name.rpartition(".")
                 setattr(self.hf.get_submodule(module), attr, torch.nn.Parameter(p.detach().clone()))
         self.hf.load_state_dict(sd, strict=False)  # strict=False: tied lm_head / buffers absent from sd
@@ -343,5 +343,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    studies = {"--compare": compare, "--ladder": ladder, "--length": length}  # common/study.py
+    studies = {"--compare": compare, "--ladder": ladder, "--length": length}  # common/study.py, common/ladder.py
     studies[sys.argv[1]](sys.argv[2:]) if sys.argv[1:2] and sys.argv[1] in studies else main(sys.argv[1:])

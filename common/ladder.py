@@ -252,7 +252,6 @@ def length(argv):
         mean, sd = mean_std(xs)
         return f"{mean:.3f} ± {sd:.3f}" if math.isfinite(mean) else "inf"
 
-    block = None
     table = []
     for name in names:
         row = [name, info[name][1], f"{params[name] / 1e6:.3f}M"]

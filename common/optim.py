@@ -71,8 +71,9 @@ def muon_params(model):
     if tokens:  # the token table: the fewest rows among the tables with at least vocab_size (position tables: more)
         shape = tuple(min(tokens, key=lambda t: t.size(0)).shape)
         shapes = {shape, shape[::-1]}
+    tables = {id(t) for t in tables}
     return [p for p in model.parameters() if p.requires_grad and decays(p) and p.dim() == 2
-            and not any(p is t for t in tables) and tuple(p.shape) not in shapes]
+            and id(p) not in tables and tuple(p.shape) not in shapes]
 
 
 class MuonAdamW:
@@ -126,7 +127,8 @@ def configure_optimizer(model, cfg, device):
         die(f"optimizer='muon' needs 2-D hidden matrices and {type(model).__module__.replace('.', '/')}.py as "
             f"configured has none (its 2-D parameters are embeddings or the output head); use one of 'adamw', "
             f"'lion', 'sophia'")
-    params = [p for p in model.parameters() if p.requires_grad and not any(p is h for h in hidden)]
+    to_muon = {id(h) for h in hidden}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in to_muon]
     groups = [{"params": [p for p in params if decays(p)], "weight_decay": cfg["weight_decay"]},
               {"params": [p for p in params if not decays(p)], "weight_decay": 0.0}]
     if name == "lion":
