@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from common import die
-from common.study import Progress, fmt_delta, mean_std, paired_delta, pyplot, run_one, write_table
+from common.study import Progress, fmt_delta, mean_std, paired_delta, plot_curves, pyplot, run_one, write_table
 
 LADDER = dict(full=dict(tokens_iters=600, seconds=10.0, sweep_iters=200, seeds=3, lr_mults=(0.5, 1.0, 2.0)),
               quick=dict(tokens_iters=20, seconds=2.0, sweep_iters=10, seeds=2, lr_mults=(1.0, 2.0)))
@@ -26,11 +26,12 @@ LENGTH = dict(full=dict(iters=2000, seeds=3, mults=(1, 2, 4, 8, 16)), quick=dict
 
 
 def row_info(path):
-    """A row's parent (its `_parent`) and what it changes (its first comment line)."""
+    """A row's parent (its `_parent`), what it changes (its first comment line) and the published claim it tests
+    (its `_claim`, or None)."""
     scope = {}
     exec(compile(open(path).read(), path, "exec"), scope)
     first = open(path).readline().lstrip("# ").strip()
-    return scope.get("_parent"), first
+    return scope.get("_parent"), first, scope.get("_claim")
 
 
 def read_folder(argv, flag, own):
@@ -90,10 +91,28 @@ def best_lr(train, path, name, lr0, budget):
     return min(sweep, key=sweep.get), sweep
 
 
-def base_lr(base):
+def base_lr(base, path):
+    """The centre of a row's sweep: its own learning_rate, else base.py's."""
     from common.settings import read_settings
 
-    return float(read_settings([base]).get("learning_rate", 1e-3))
+    return float(read_settings([base, path]).get("learning_rate", 1e-3))
+
+
+def study_budget(base, quick):
+    """The full budget with base.py's `_budget` dict over it (the optimizer study runs longer); --quick is fixed."""
+    if quick:
+        return LADDER["quick"]
+    scope = {}
+    exec(compile(open(base).read(), base, "exec"), scope)
+    return {**LADDER["full"], **scope.get("_budget", {})}
+
+
+def steps_to(runs, target):
+    """Per run, the first evaluated iteration whose val loss is at or below target (None if never): how many steps a
+    row needs to reach its parent's final loss. Read off a run that anneals over the whole budget, so mid-run points
+    are taken at a higher lr than a run ending there would have: a conservative count."""
+    return [next((e["iter"] for e in run["log"][1:] if "val_loss" in e and e["val_loss"] <= target), None)
+            for run in runs]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,13 +126,13 @@ def ladder(argv):
     one over a token budget (equal tokens) and one over a time budget (equal wall-clock)."""
     own = {"--out": "bench/ladder", "--rows": None, "--quick": None}
     names, paths, info, base, overrides = read_folder(argv, "--ladder", own)
-    budget = LADDER["quick" if own["--quick"] not in (None, "False") else "full"]
+    budget = study_budget(base, own["--quick"] not in (None, "False"))
     seeds = [1337 + i for i in range(budget["seeds"])]
     train = runner(base, overrides, Progress(len(paths) * (len(budget["lr_mults"]) + 2 * len(seeds))))
 
     rows = {}
     for name, path in zip(names, paths):
-        lr, sweep = best_lr(train, path, name, base_lr(base), budget)
+        lr, sweep = best_lr(train, path, name, base_lr(base, path), budget)
         n, secs = budget["tokens_iters"], budget["seconds"]
         common = [f"--learning_rate={lr}", f"--min_lr={lr / 10}"]
         tok = [train(path, name, f"tokens_s{s}", common + [f"--seed={s}", f"--max_iters={n}", f"--lr_decay_iters={n}"])
@@ -122,9 +141,10 @@ def ladder(argv):
                                                         "--max_iters=1000000000"]) for s in seeds]
         rows[name] = dict(lr=lr, sweep=sweep, tokens=tok, time=tim)
 
+    claims = any(info[n][2] for n in names)  # a study of published claims: two more columns and the curves
     table, plot = [], []
     for name in names:
-        r, (parent, change) = rows[name], info[name]
+        r, (parent, change, claim) = rows[name], info[name]
         val = {p: [run["log"][-1]["val_loss"] for run in r[p]] for p in ("time", "tokens")}
         deltas = {}
         for p in ("time", "tokens"):
@@ -137,14 +157,26 @@ def ladder(argv):
         for p in ("time", "tokens"):
             m, sd = mean_std(val[p])
             cells += [f"{m:.4f} ± {sd:.4f}", fmt_delta(*deltas[p]) if p in deltas else "-"]
+        if claims:
+            reach = "-"
+            if parent in rows:  # steps to the parent's final loss (mean over its seeds), at equal steps
+                n = budget["tokens_iters"]
+                steps = steps_to(r["tokens"], mean_std([u["log"][-1]["val_loss"] for u in rows[parent]["tokens"]])[0])
+                reach = (f"{mean_std(steps)[0]:,.0f} ({n / mean_std(steps)[0]:.2f}x fewer)" if None not in steps else
+                         f"not reached in {n} ({sum(s is not None for s in steps)}/{len(steps)} seeds)")
+            cells += [reach, claim or "-"]
         table.append(cells)
         plot.append((name, deltas))
     header = ["row", "parent", "change", "params", "tokens/s", "peak MiB", "lr", f"val loss, {budget['seconds']:g} s",
               "Δ vs parent (time)", f"val loss, {budget['tokens_iters']} steps", "Δ vs parent (tokens)"]
+    header += ["steps to the parent's final loss", "published claim"] if claims else []
     device = rows[names[0]]["time"][0]["device"]
     write_table(own["--out"] + ".md", header, table, f"python bench.py --ladder {' '.join(argv)}",
                 f"{device}, {len(seeds)} seed(s), mean ± std; '(noise)': the gap is not larger than the spread")
     plot_deltas(own["--out"] + ".png", plot, device)
+    if claims:  # the first seed's equal-steps run of each row: its loss against steps and against its own time
+        plot_curves(own["--out"] + "_curves.png", [dict(name=n, log=rows[n]["tokens"][0]["log"]) for n in names],
+                    f"val loss, {budget['tokens_iters']} steps each ({device})")
     return table
 
 
@@ -232,7 +264,7 @@ def length(argv):
 
     results, params, device = {}, {}, None
     for name, path in zip(names, paths):
-        lr, _ = best_lr(train, path, name, base_lr(base), sweep_budget)
+        lr, _ = best_lr(train, path, name, base_lr(base, path), sweep_budget)
         n = budget["iters"]
         runs = [train(path, name, f"length_s{s}", [f"--learning_rate={lr}", f"--min_lr={lr / 10}", f"--seed={s}",
                                                    f"--max_iters={n}", f"--lr_decay_iters={n}", f"--eval_interval={n}"])
