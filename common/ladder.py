@@ -81,13 +81,25 @@ def runner(base, overrides, progress):
 
 
 def best_lr(train, path, name, lr0, budget):
-    """The row's learning rate: a short run per multiplier of lr0 (one seed), the best final val loss wins."""
+    """The row's learning rate: a short run per multiplier of lr0 (one seed), the best final val loss wins. With
+    budget["extend"] = k, a best at the edge of the sweep extends it that way by the same step, up to k more runs,
+    so that the winner has a worse rate on each side (the ladder's --extend=k)."""
     n, sweep = budget["sweep_iters"], {}
-    for m in budget["lr_mults"]:
-        lr = lr0 * m
+
+    def point(lr):
         run = train(path, name, f"lr{lr:g}", [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--learning_rate={lr}",
                                               f"--min_lr={lr / 10}", f"--eval_interval={n}"])
         sweep[lr] = run["log"][-1]["val_loss"]
+
+    mults = sorted(budget["lr_mults"])
+    for m in mults:
+        point(lr0 * m)
+    step = mults[-1] / mults[-2] if len(mults) > 1 else 1.0
+    for _ in range(budget.get("extend", 0) if step > 1 else 0):
+        lrs, best = sorted(sweep), min(sweep, key=sweep.get)
+        if best not in (lrs[0], lrs[-1]):
+            break
+        point(best * step if best == lrs[-1] else best / step)
     return min(sweep, key=sweep.get), sweep
 
 
@@ -120,13 +132,13 @@ def steps_to(runs, target):
 
 
 def ladder(argv):
-    """python bench.py --ladder FOLDER [--quick] [--rows=a,b] [--out=bench/ladder] [--key=value for every run]
+    """python bench.py --ladder FOLDER [--quick] [--rows=a,b] [--extend=k] [--out=bench/ladder] [--key=value ...]
     FOLDER/base.py is the shared recipe; every other .py file in FOLDER is a row. Per row: a learning-rate sweep
     (budget x lr multipliers, one seed, the best final val loss wins), then per seed two runs that each anneal fully:
     one over a token budget (equal tokens) and one over a time budget (equal wall-clock)."""
-    own = {"--out": "bench/ladder", "--rows": None, "--quick": None}
+    own = {"--out": "bench/ladder", "--rows": None, "--quick": None, "--extend": "0"}
     names, paths, info, base, overrides = read_folder(argv, "--ladder", own)
-    budget = study_budget(base, own["--quick"] not in (None, "False"))
+    budget = {**study_budget(base, own["--quick"] not in (None, "False")), "extend": int(own["--extend"])}
     seeds = [1337 + i for i in range(budget["seeds"])]
     train = runner(base, overrides, Progress(len(paths) * (len(budget["lr_mults"]) + 2 * len(seeds))))
 

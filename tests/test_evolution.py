@@ -75,6 +75,36 @@ def test_a_killed_study_resumes_and_a_changed_config_reruns_only_its_run(workdir
     assert "b_gpt2: val loss" in changed and "reused" in changed.split("b_gpt2: val loss")[1].split("\n")[0]
 
 
+def test_steps_to_a_target_loss():
+    from common.ladder import steps_to
+
+    runs = [dict(log=[dict(iter=0, val_loss=4.0), dict(iter=100, val_loss=2.0), dict(iter=200, val_loss=1.5)]),
+            dict(log=[dict(iter=0, val_loss=4.0), dict(iter=100, val_loss=2.5), dict(iter=200, val_loss=2.1)])]
+    assert steps_to(runs, 2.0) == [100, None] and steps_to(runs, 2.1) == [100, 200] and steps_to(runs, 5) == [100, 100]
+
+
+def test_an_lr_sweep_whose_best_is_at_an_edge_extends_that_way():
+    from common.ladder import best_lr
+
+    def sweep(best, extend):  # a fake train(): val loss |log(lr / best)|, so the best rate is `best`
+        import math
+
+        tried = []
+
+        def train(path, name, tag, extra):
+            lr = float(next(a for a in extra if a.startswith("--learning_rate="))[16:])
+            tried.append(lr)
+            return dict(log=[dict(val_loss=abs(math.log(lr / best)))])
+        lr, _ = best_lr(train, "row.py", "row", 1e-3, dict(sweep_iters=10, lr_mults=(1 / 3, 1.0, 3.0), extend=extend))
+        return lr, [round(t / 1e-3, 3) for t in tried]
+
+    assert sweep(1e-3, 2) == (1e-3, [0.333, 1.0, 3.0])  # inside: nothing more
+    assert sweep(9e-3, 2)[1] == [0.333, 1.0, 3.0, 9.0, 27.0] and abs(sweep(9e-3, 2)[0] - 9e-3) < 1e-12
+    assert sweep(1e-4, 2)[1] == [0.333, 1.0, 3.0, 0.111, 0.037]
+    assert sweep(1e-1, 2)[1] == [0.333, 1.0, 3.0, 9.0, 27.0]  # still at the edge after k more: stops there
+    assert sweep(9e-3, 0)[1] == [0.333, 1.0, 3.0]  # the ladder's default: no extension
+
+
 def test_paired_delta_claims_only_gaps_larger_than_the_spread():
     from common.study import mean_std, paired_delta
 
@@ -95,14 +125,19 @@ def test_ladder_and_length_study_quick_end_to_end_and_resume(workdir):
     lab.mkdir()
     (lab / "base.py").write_text(LADDER_BASE)
     (lab / "1_gpt2.py").write_text("# GPT-2's choices.\nmodel = 'lab'\n_parent = None\n")
-    (lab / "2_alibi.py").write_text("# + ALiBi.\nmodel = 'lab'\nposition = 'alibi'\n_parent = '1_gpt2'\n")
+    (lab / "2_alibi.py").write_text("# + ALiBi.\nmodel = 'lab'\nposition = 'alibi'\n_parent = '1_gpt2'\n"
+                                    "_claim = 'extrapolates'\n")  # a row with a claim: two more columns
     p = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir)
     assert "[12/12]" in p.stdout  # 2 rows x (2 learning rates + 2 seeds x 2 protocols)
     table = (workdir / "res" / "ladder.md").read_text().splitlines()
     assert table[0].startswith("| row | parent | change |") and len([r for r in table if r.startswith("| 2_")]) == 1
     row = [r for r in table if r.startswith("| 2_alibi")][0].split(" | ")
     assert row[1] == "1_gpt2" and row[2] == "+ ALiBi." and "±" in row[7] and "±" in row[8] and "±" in row[10]
-    assert matplotlib.image.imread(workdir / "res" / "ladder.png").shape[0] > 100
+    assert table[0].endswith("| steps to the parent's final loss | published claim |")
+    assert row[12] == "extrapolates |" and ("fewer" in row[11] or row[11].startswith("not reached in 20"))
+    assert [r for r in table if r.startswith("| 1_gpt2")][0].endswith("| - | - |")
+    for png in ("ladder.png", "ladder_curves.png"):
+        assert matplotlib.image.imread(workdir / "res" / png).shape[0] > 100
     again = run("bench.py", "--ladder", "lab", "--quick", "--out=res/ladder", cwd=workdir).stdout
     assert again.count("(finished earlier, reused)") == 12
     p = run("bench.py", "--ladder", "lab", "--quick", "--rows=9_nope", cwd=workdir, check=False)
