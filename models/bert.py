@@ -62,6 +62,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 EVAL_MASK_SEED = 1234  # the eval-mode mask: the same positions and replacements at every evaluation
 
@@ -86,7 +87,7 @@ class SelfAttention(nn.Module):
         self.n_head = config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # W^Q, W^K, W^V packed: one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.dropout = config.dropout  # on the attention weights, as BERT
+        self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights, as BERT: SDPA's dropout_p
 
     def forward(self, x):
         B, T, C = x.size()
@@ -94,7 +95,7 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout.p if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.c_proj(y)
 
@@ -167,6 +168,7 @@ class Config:
     mask_prob: float = 0.15  # share of (eligible) positions chosen for prediction
     mask_replace: float = 0.8  # of the chosen: share replaced by [MASK]
     mask_random: float = 0.1  # of the chosen: share replaced by a random token; the rest stay as they are
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,10 +233,11 @@ class Model(nn.Module):
         labels = None
         if targets is not None:
             idx, labels = self.mask_tokens(idx, targets)
+        self.loss_targets = labels  # what the logits are scored against (-1: not scored): train.py's label smoothing
         pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.drop(self.ln_e(self.wte(idx) + self.segment + self.wpe(pos)))  # (B, T, C)
-        for block in self.h:
-            x = block(x)
+        for block in self.h:  # grad_checkpoint: keep each block's input only, recompute its activations in backward
+            x = checkpoint(block, x, use_reentrant=False) if self.config.grad_checkpoint and self.training else block(x)
         logits = self.head(x, self.wte.weight)  # (B, T, V)
         loss = None
         if labels is not None:

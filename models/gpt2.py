@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -45,7 +46,7 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = config.n_embd // config.n_head
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v packed
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)  # SDPA's dropout_p; a module so schedules set it
         self.resid_dropout = nn.Dropout(config.dropout)
         self.cache_k = self.cache_v = None  # set by Model.setup_cache for generation
 
@@ -58,7 +59,7 @@ class CausalSelfAttention(nn.Module):
 
         if start_pos is None:  # training / full forward: flash attention on CUDA via SDPA
             y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+                q, k, v, is_causal=True, dropout_p=self.attn_dropout.p if self.training else 0.0)
         else:  # generation: append to the cache, attend over everything cached so far
             end = start_pos + T
             self.cache_k[:B, :, start_pos:end] = k
@@ -121,6 +122,7 @@ class Config:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is slightly faster and no worse
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,8 +167,9 @@ class Model(nn.Module):
             raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
         pos = torch.arange(pos0, pos0 + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.transformer.h:
-            x = block(x, start_pos)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x, start_pos)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None

@@ -20,15 +20,16 @@ or function picked once in __init__, so the forward pass reads the same whatever
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
-# Layers: positions (each scheme overrides the one hook it uses; the others are no-ops, so attention never asks which),
-# norms, attention, feed-forward and the blocks built of them. A block returns its residual update f(x), which the
-# model adds (Mixture-of-Depths scales it first).
+# Layers: positions (each scheme overrides the one hook it uses, the others are no-ops: attention never asks which),
+# norms, attention, feed-forward, blocks. A block returns its residual update f(x), which the model adds (MoD: scaled).
 
 
 class Position(nn.Module):
@@ -129,8 +130,7 @@ class T5Bias(Position):
         return self.table(t5_bucket(distance, self.cfg.num_buckets, self.cfg.max_distance)).movedim(-1, -3)
 
 
-POSITIONS = {"learned": Learned, "sinusoidal": Sinusoidal, "rope": Rotary, "alibi": ALiBi, "t5": T5Bias,
-             "none": Position}
+POSITIONS = dict(learned=Learned, sinusoidal=Sinusoidal, rope=Rotary, alibi=ALiBi, t5=T5Bias, none=Position)
 
 
 class RMSNorm(nn.Module):
@@ -145,8 +145,7 @@ class RMSNorm(nn.Module):
         return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
 
 
-NORMS = {"layernorm": lambda dim, c: nn.LayerNorm(dim, eps=c.norm_eps, bias=c.bias),  # GPT-2's; bias unless bias=False
-         "rmsnorm": RMSNorm}
+NORMS = {"layernorm": lambda dim, c: nn.LayerNorm(dim, eps=c.norm_eps, bias=c.bias), "rmsnorm": RMSNorm}  # GPT-2, LLaMA
 
 
 class Attention(nn.Module):
@@ -160,7 +159,7 @@ class Attention(nn.Module):
         # QK-norm (Henry 2020, Dehghani 2023): per-head q, k norms keep q.k from growing into one-hot attention.
         qk_norm = (lambda: NORMS[config.norm](hs, config)) if config.qk_norm else nn.Identity
         self.q_norm, self.k_norm = qk_norm(), qk_norm()
-        self.dropout, self.resid_dropout = config.dropout, nn.Dropout(config.dropout)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(config.dropout), nn.Dropout(config.dropout)  # attn: SDPA's p
 
     def forward(self, x, rope, mask, cache=None, start_pos=None):
         """mask: None (causal; a cached query sees all the cache), bool (True = may attend) or a float bias with the
@@ -178,7 +177,7 @@ class Attention(nn.Module):
         mask = mask.to(q.dtype) if mask is not None and mask.is_floating_point() else mask  # a bias: compute dtype
         # Plain causal attention (no bias, no cache) keeps is_causal=True: the flash kernel on CUDA.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
+                                           dropout_p=self.attn_dropout.p if self.training else 0.0)
         return self.resid_dropout(self.wo(y.transpose(1, 2).contiguous().view(B, T, -1)))  # heads side by side
 
 
@@ -266,6 +265,7 @@ class Config:
     mod_capacity: float = None  # Mixture-of-Depths: fraction of tokens every other block processes (e.g. 0.125)
     tie_embeddings: bool = True  # GPT-2 ties the output layer to the token embedding; LLaMA unties them
     dropout: float = 0.0
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
 
 def check_config(c):  # bad values as ValueErrors that say what to set (the scripts show them as one line)
@@ -336,8 +336,10 @@ class Model(nn.Module):
         chunk = bias is None and start_pos is not None and T > 1  # a chunk into the cache: causal, shifted by pos0
         mask = k_pos[None, :] <= pos[:, None] if chunk else bias  # (T, S) bool, a bias, or None (plain causal)
         mod = []  # (router loss, fraction processed) of each routed layer
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for i in range(self.config.n_layer):
             block = self.blocks[i % len(self.blocks)]
+            block = partial(checkpoint, block, use_reentrant=False) if ckpt else block  # routed blocks too
             cache = None if start_pos is None else (self.cache_k[i], self.cache_v[i])
             if str(i) in self.routers:
                 x = self.route(i, block, x, pos, k_pos, rope, bias, cache, start_pos, mod)
@@ -438,13 +440,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
+        logits[logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]] = -float("inf")
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set whose mass reaches top_p
         sorted_logits[drop] = -float("inf")
         logits = torch.full_like(logits, -float("inf")).scatter(-1, sorted_idx, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -224,6 +225,7 @@ class Config:
     form: str = "chunked"  # training form: 'chunked' (linear in T) or 'quadratic' (section 3.3's masked form, O(T^2))
     chunk_size: int = 64  # chunk length of the chunked form (training and prompts)
     eps: float = 1e-6  # added to the normaliser phi(q)^T Z (fast-transformers' value)
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -275,8 +277,9 @@ class Model(nn.Module):
             raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
         pos = torch.arange(pos0, pos0 + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.transformer.h:
-            x = block(x, start_pos)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x, start_pos)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None

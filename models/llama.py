@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -100,7 +100,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.wv = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
-        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)  # SDPA's dropout_p; a module so schedules set it
         self.resid_dropout = nn.Dropout(config.dropout)
         self.cache_k = self.cache_v = None  # (B, n_kv_head, cache_len, hs), set by Model.setup_cache
 
@@ -113,7 +113,7 @@ class Attention(nn.Module):
 
         mask, causal, dropout = None, False, 0.0
         if start_pos is None:  # training / full forward
-            dropout = self.dropout if self.training else 0.0
+            dropout = self.attn_dropout.p if self.training else 0.0
             if self.window is not None and T > self.window:
                 mask = sliding_window_mask(T, self.window, x.device)  # SDPA's memory-efficient kernel on CUDA
             else:
@@ -275,11 +275,9 @@ class Model(nn.Module):
             raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
         cos, sin = self.rope(pos0, T, idx.device)
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.layers:
-            if self.config.grad_checkpoint and self.training and start_pos is None:
-                x = torch.utils.checkpoint.checkpoint(block, x, cos, sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, start_pos)
+            x = checkpoint(block, x, cos, sin, use_reentrant=False) if ckpt else block(x, cos, sin, start_pos)
         x = self.norm(x)
         logits = self.output(x)  # (B, T, V)
         loss = None

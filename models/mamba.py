@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -153,7 +153,7 @@ class Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))  # (E, N)
         self.D = nn.Parameter(torch.ones(E))  # skip connection, y += D * x
         self.out_proj = nn.Linear(E, d, bias=False)
-        self.recompute = config.recompute_scan
+        self.recompute = config.recompute_scan and not config.grad_checkpoint  # a checkpointed block recomputes it
         self.conv_state = self.ssm_state = None  # set by Model.setup_cache for generation
 
         # dt init (section 3.6 / reference): weight ~ U(-R^-1/2, R^-1/2); bias = softplus^-1(dt) with dt log-uniform
@@ -190,7 +190,7 @@ class Mixer(nn.Module):
             y = y[:, None]
         elif self.recompute and torch.is_grad_enabled():
             # Section 3.3.2: keep only the scan's inputs and recompute its (b, l, E, N) states in backward.
-            y, h = torch.utils.checkpoint.checkpoint(selective_scan, x, dt, A, B, C, h0, use_reentrant=False)
+            y, h = checkpoint(selective_scan, x, dt, A, B, C, h0, use_reentrant=False)
         else:
             y, h = selective_scan(x, dt, A, B, C, h0)
         if decoding:
@@ -236,6 +236,7 @@ class Config:
     dt_init_floor: float = 1e-4
     norm_eps: float = 1e-5
     recompute_scan: bool = False  # recompute the scan's states in backward: ~4 b*l*E*N floats less per layer kept
+    grad_checkpoint: bool = False  # recompute whole blocks in backward (the scan included): keeps only their inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,8 +277,9 @@ class Model(nn.Module):
         """start_pos: None for training (each sequence from a zero state); an int for generation, where idx
         continues a sequence of start_pos tokens summarised by the per-layer states (setup_cache)."""
         x = self.backbone.embeddings(idx)  # (B, T, C); no position embedding
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.backbone.layers:
-            x = block(x, start_pos)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x, start_pos)
         x = self.backbone.norm_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None

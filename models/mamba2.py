@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -61,8 +61,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim, eps):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
         return self.weight * F.rms_norm(upcast(x), x.shape[-1:], eps=self.eps).type_as(x)
@@ -74,8 +73,7 @@ class GatedRMSNorm(nn.Module):
 
     def __init__(self, dim, group_size, eps):
         super().__init__()
-        self.eps, self.group_size = eps, group_size
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.group_size, self.weight = eps, group_size, nn.Parameter(torch.ones(dim))
 
     def forward(self, y, z):
         y = (upcast(y) * F.silu(upcast(z))).unflatten(-1, (-1, self.group_size))  # (..., G, E / G)
@@ -83,8 +81,7 @@ class GatedRMSNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Position: none. The causal convolution and the recurrence see the order of the tokens, so there is no table
-# and no length limit.
+# Position: none. The causal convolution and the recurrence see the order of the tokens: no table, no length limit.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,8 +124,7 @@ def ssd(x, dt, A, B, C, chunk_size, h0=None, final_state=True):
     for zeros. Returns y (b, l, H, P) and the state after the last step (b, H, P, N), or None for it when final_state
     is False and nothing needs it. Runs in the inputs' dtype (at least float32) with autocast off: these sums and
     decays are the recurrent state."""
-    b, l, H, P = x.shape
-    G, N = B.shape[2:]
+    (b, l, H, P), (G, N) = x.shape, B.shape[2:]
     Q = min(chunk_size, l)  # a short sequence is one chunk, not padded up to chunk_size
     nc = -(-l // Q)
     if nc * Q > l:  # pad the end with dt = 0 (decay 1, input 0): padded steps leave the state as it is
@@ -181,8 +177,7 @@ class Mixer(nn.Module):
     def __init__(self, config):
         super().__init__()
         d, N, K, G, P = config.d_model, config.d_state, config.d_conv, config.n_groups, config.head_dim
-        E = config.expand * d
-        H = E // P
+        E, H = config.expand * d, config.expand * d // P
         self.d_inner, self.d_state, self.d_conv, self.n_groups, self.n_heads, self.head_dim = E, N, K, G, H, P
         self.conv_dim = E + 2 * G * N  # the conv runs over x, B and C
         self.in_proj = nn.Linear(d, E + self.conv_dim + H, bias=False)  # (z, x, B, C, dt) packed, the reference's order
@@ -196,7 +191,8 @@ class Mixer(nn.Module):
         self.D = nn.Parameter(torch.ones(H))  # skip connection, y += D_h * x
         self.norm = GatedRMSNorm(E, E // G, config.norm_eps)
         self.out_proj = nn.Linear(E, d, bias=False)
-        self.chunk_size, self.dt_limit, self.recompute = config.chunk_size, tuple(config.dt_limit), config.recompute_ssd
+        self.chunk_size, self.dt_limit = config.chunk_size, tuple(config.dt_limit)
+        self.recompute = config.recompute_ssd and not config.grad_checkpoint  # a checkpointed block recomputes it
         self.conv_state = self.ssm_state = None  # set by Model.setup_cache for generation
 
     def causal_conv(self, xBC, conv_state):
@@ -232,8 +228,7 @@ class Mixer(nn.Module):
             y = y[:, None]  # (b, 1, H, P)
         elif self.recompute and torch.is_grad_enabled():
             # Keep only the inputs of ssd and recompute its (b, H, l, Q) decay masks and products in backward.
-            y, h = torch.utils.checkpoint.checkpoint(ssd, x, dt, A, B, C, self.chunk_size, h0, decoding,
-                                                 use_reentrant=False)
+            y, h = checkpoint(ssd, x, dt, A, B, C, self.chunk_size, h0, decoding, use_reentrant=False)
         else:
             y, h = ssd(x, dt, A, B, C, self.chunk_size, h0, final_state=decoding)
         if decoding:
@@ -283,6 +278,7 @@ class Config:
     dt_limit: tuple = (0.0, math.inf)  # dt clamped to this range after the softplus (the reference's default: none)
     norm_eps: float = 1e-5
     recompute_ssd: bool = False  # recompute the SSD's chunk matrices in backward instead of keeping them
+    grad_checkpoint: bool = False  # recompute whole blocks in backward (the SSD included): keeps only their inputs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,26 +319,22 @@ class Model(nn.Module):
         # Init follows the reference: embedding N(0, 0.02); in_proj and conv1d keep PyTorch's default (uniform
         # +-1/sqrt(fan_in)); dt_bias, A_log and D as in Mixer; out_proj, which writes into the residual stream,
         # scaled by 1/sqrt(n_layer) (GPT-2's rule, one residual addition per layer).
+        # The reference excludes dt_bias, A_log and D from weight decay; the flag says so to the optimizer.
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.02)
         with torch.no_grad():
-            for block in self.backbone.layers:
-                block.mixer.out_proj.weight.div_(math.sqrt(config.n_layer))
-        # The reference excludes dt_bias, A_log and D from weight decay; this flag says so to the optimizer.
-        for block in self.backbone.layers:
-            for p in (block.mixer.dt_bias, block.mixer.A_log, block.mixer.D):
-                p._no_weight_decay = True
+            for m in (block.mixer for block in self.backbone.layers):
+                m.out_proj.weight.div_(math.sqrt(config.n_layer))
+                m.dt_bias._no_weight_decay = m.A_log._no_weight_decay = m.D._no_weight_decay = True
 
     def forward(self, idx, targets=None, start_pos=None):
         """start_pos: None for training (each sequence from a zero state); an int for generation, where idx
         continues a sequence of start_pos tokens summarised by the per-layer states (setup_cache)."""
         x = self.backbone.embeddings(idx)  # (B, T, C); no position embedding
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.backbone.layers:
-            x = block(x, start_pos)
-        x = self.backbone.norm_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x, start_pos)
+        logits = self.lm_head(self.backbone.norm_f(x))  # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def num_params(self, non_embedding=True):
@@ -368,8 +360,7 @@ class Model(nn.Module):
         the compute dtype; and the SSM state (B, H, P, N), a long decayed sum, in promote_types(weight dtype,
         float32). This is all a Mamba-2 layer remembers, however long the sequence."""
         sdt = torch.promote_types(self.lm_head.weight.dtype, torch.float32)
-        for block in self.backbone.layers:
-            m = block.mixer
+        for m in (block.mixer for block in self.backbone.layers):
             m.conv_state = torch.zeros(batch_size, m.d_conv - 1, m.conv_dim, device=device, dtype=dtype)
             m.ssm_state = torch.zeros(batch_size, m.n_heads, m.head_dim, m.d_state, device=device, dtype=sdt)
 
@@ -430,17 +421,14 @@ class Model(nn.Module):
 
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
-    """Raise ValueError, naming the argument, before any work is done."""
-    if idx.size(1) == 0:
-        raise ValueError("idx is an empty prompt: generate needs at least one token to condition on")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k ({top_k}) must be None or an int >= 1")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p ({top_p}) must be None or in (0, 1]")
+    """generate's argument check, before any work: a ValueError that names the argument and what is allowed."""
+    for bad, msg in ((idx.size(1) == 0, "idx is an empty prompt: generate needs at least one token to condition on"),
+                     (max_new_tokens < 0, f"max_new_tokens ({max_new_tokens}) must be >= 0"),
+                     (temperature < 0, f"temperature ({temperature}) must be >= 0 (0 = greedy)"),
+                     (top_k is not None and top_k < 1, f"top_k ({top_k}) must be None or an int >= 1"),
+                     (top_p is not None and not 0 < top_p <= 1, f"top_p ({top_p}) must be None or in (0, 1]")):
+        if bad:
+            raise ValueError(msg)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -18,7 +18,7 @@ What changed since the previous generation (Llama, models/llama.py):
   (they ride the residual), None is dropless as Mixtral; evaluation is always dropless.
 - Sparse upcycling needs nothing here: `train.py --init_from=out/llama/ckpt.pt` with a moe config loads the dense
   weights by name and every expert starts as a copy of its FFN (common/checkpoints.py).
-- Left out to keep the file about experts: the sliding window and gradient checkpointing.
+- Left out to keep the file about experts: the sliding window.
 Read MoE.experts_loop first: the experts' plain definition; MoE.experts_grouped is the fast version of it.
 """
 
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layers: RMSNorm, RoPE and grouped-query attention with a KV cache (as models/llama.py), the FFN and the experts
@@ -58,7 +59,7 @@ class Attention(nn.Module):
         self.n_rep, self.head_dim = nh // nkv, hs  # query heads per key/value head; head size
         self.wq, self.wk, self.wv = (nn.Linear(config.n_embd, n * hs, bias=False) for n in (nh, nkv, nkv))
         self.wo = nn.Linear(nh * hs, config.n_embd, bias=False)
-        self.dropout, self.resid_dropout = config.dropout, nn.Dropout(config.dropout)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(config.dropout), nn.Dropout(config.dropout)  # attn: SDPA's p
         self.cache_k = self.cache_v = None  # (B, n_kv_head, block_size, hs): Model.setup_cache / free_cache
 
     def forward(self, x, cos, sin, start_pos=None):
@@ -70,13 +71,12 @@ class Attention(nn.Module):
             end = start_pos + T
             self.cache_k[:B, :, start_pos:end], self.cache_v[:B, :, start_pos:end] = k, v
             k, v = self.cache_k[:B, :, :end], self.cache_v[:B, :, :end]
-            # One new query may see the whole cache, so no mask (`is_causal=True` would align the triangle top-left
-            # and show it only the first key); a multi-token chunk needs the causal mask shifted by start_pos.
+            # A new query sees all the cache: no mask (is_causal would align top-left); a chunk: causal from start_pos
             mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start_pos) if T > 1 else None
         if self.n_rep > 1:  # GQA: query head j reads kv head j // n_rep (the cache keeps n_kv_head heads, not copies)
             k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)  # (B, nh, S, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=full,
-                                           dropout_p=self.dropout if full and self.training else 0.0)
+                                           dropout_p=self.attn_dropout.p if full and self.training else 0.0)
         return self.resid_dropout(self.wo(y.transpose(1, 2).contiguous().view(B, T, -1)))  # heads side by side
 
 
@@ -94,8 +94,8 @@ class FeedForward(nn.Module):
         self.w1, self.w3 = (nn.Linear(config.n_embd, hidden, bias=False) for _ in range(2))  # gate, up
         self.w2, self.dropout = nn.Linear(hidden, config.n_embd, bias=False), nn.Dropout(config.dropout)  # down
 
-    def forward(self, x, router_stats=None):
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+    def forward(self, x, want_stats=False):  # -> (out, no router statistics)
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x))), None
 
 
 def compute_dtype(x):  # the dtype matmuls run in: autocast's when it is on for x's device, else x's own
@@ -140,12 +140,11 @@ class MoE(nn.Module):
     def route(self, x):
         """x (N, C) -> logits, probabilities (N, E), chosen experts, their weights (N, k). In at least float32
         under autocast (Switch's "selective precision": softmax and top-k are sensitive)."""
-        dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            h = x.to(dtype)
+            h = x.to(torch.promote_types(x.dtype, torch.float32))
             if self.training and self.jitter > 0:  # Switch: multiplicative noise on the router input only
                 h = h * torch.empty_like(h).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-            logits = F.linear(h, self.router.weight.to(dtype))  # (N, E)
+            logits = F.linear(h, self.router.weight.to(h.dtype))  # (N, E)
         probs = logits.softmax(dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k)
         if self.renormalize:  # Mixtral: the k weights sum to 1 (= softmax over the k chosen logits)
@@ -198,19 +197,20 @@ class MoE(nn.Module):
         y = grouped_matmul(h, self.w2.to(dtype), offs)[row.clamp(max=M - 1)].view(N, k, C)  # back to (token, choice)
         return torch.where(keep[..., None], y, 0.0)
 
-    def forward(self, x, router_stats=None):
+    def forward(self, x, want_stats=False):  # -> (out, router statistics or None)
         B, T, C = x.size()
         x = x.reshape(B * T, C)  # (N, C)
         logits, probs, experts, weights = self.route(x)
         dropless = not self.training or self.capacity_factor is None  # Mixtral, and every evaluation
         keep = torch.ones_like(experts, dtype=torch.bool) if dropless else self.capacity_mask(experts, B, T)
         out = (self.experts_forward(x, experts, keep) * weights[..., None]).sum(dim=1).to(x.dtype)  # weighted sum
-        if router_stats is not None:
+        stats = None  # returned, not appended to a list argument: FSDP copies arguments, and appends would be lost
+        if want_stats:
             # For router_losses: f_i counts the router's choices before capacity drops, as Switch and transformers do.
             chosen = (experts[..., None] == torch.arange(self.n_expert, device=x.device)).sum(dim=(0, 1))  # (E,)
-            router_stats.append(dict(chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
-                                     z_sum=torch.logsumexp(logits, dim=-1).pow(2).sum(), dropped=(~keep).sum()))
-        return self.dropout(out.view(B, T, C))
+            stats = dict(chosen=chosen.float(), prob_sum=probs.sum(dim=0), rows=B * T,
+                         z_sum=torch.logsumexp(logits, dim=-1).pow(2).sum(), dropped=(~keep).sum())
+        return self.dropout(out.view(B, T, C)), stats
 
 
 class Block(nn.Module):
@@ -219,9 +219,10 @@ class Block(nn.Module):
         self.attention_norm, self.attention = RMSNorm(config.n_embd, config.norm_eps), Attention(config)
         self.ffn_norm, self.feed_forward = RMSNorm(config.n_embd, config.norm_eps), ffn(config)
 
-    def forward(self, x, cos, sin, start_pos=None, router_stats=None):
+    def forward(self, x, cos, sin, start_pos=None):  # -> (x, router statistics or None)
         x = x + self.attention(self.attention_norm(x), cos, sin, start_pos)  # pre-norm residual
-        return x + self.feed_forward(self.ffn_norm(x), router_stats)  # dropped tokens: only the residual passes
+        y, stats = self.feed_forward(self.ffn_norm(x), start_pos is None)  # generation skips the bookkeeping
+        return x + y, stats  # dropped tokens: only the residual passes
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class Config:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True  # as models/llama.py, so its checkpoints upcycle unchanged (Mixtral unties them)
     dropout: float = 0.0
+    grad_checkpoint: bool = False  # recompute each block's activations in backward (experts too): less memory
     # Mixture of experts
     n_expert: int = 8  # experts per MoE layer
     top_k: int = 2  # experts per token: 2 = GShard / GLaM / Mixtral, 1 = Switch
@@ -302,13 +304,14 @@ class Model(nn.Module):
         if pos0 + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos0 + T} is longer than block_size {self.config.block_size}")
         cos, sin = self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T]
-        router_stats = [] if start_pos is None else None  # generation steps skip the bookkeeping
-        x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
+        router_stats, x = [], self.drop(self.tok_embeddings(idx))  # x: (B, T, C)
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.layers:
-            x = block(x, cos, sin, start_pos, router_stats)
+            x, stats = checkpoint(block, x, cos, sin, use_reentrant=False) if ckpt else block(x, cos, sin, start_pos)
+            router_stats += [stats] if stats is not None else []
         logits = self.output(self.norm(x))  # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.view(-1), ignore_index=-1)
-        if router_stats is not None:
+        if router_stats:
             aux_loss, z_loss = self.router_losses(router_stats)
             if loss is not None and self.training:
                 loss = loss + self.config.aux_loss_coef * aux_loss + self.config.z_loss_coef * z_loss
@@ -438,13 +441,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
+        logits[logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]] = -float("inf")
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cum - sorted_logits.softmax(dim=-1) > top_p  # keep the smallest set whose mass reaches top_p
         sorted_logits[drop] = -float("inf")
         logits = torch.full_like(logits, -float("inf")).scatter(-1, sorted_idx, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)

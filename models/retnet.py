@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Norm
@@ -105,8 +106,7 @@ def decay_mask(T, log_gamma, dtype):
     at 0 before exp, so nothing above the diagonal can overflow before it is zeroed."""
     n = torch.arange(T, device=log_gamma.device)
     dist = (n[:, None] - n[None, :]).to(log_gamma.dtype)  # (T, T): n - m
-    D = torch.exp(dist.clamp(min=0) * log_gamma[:, None, None]) * (dist >= 0)
-    return D.to(dtype)
+    return (torch.exp(dist.clamp(min=0) * log_gamma[:, None, None]) * (dist >= 0)).to(dtype)
 
 
 def decay_norm(pos, log_gamma):
@@ -155,8 +155,7 @@ def retention_chunkwise(q, k, v, log_gamma, chunk_size, S=None):
     which compound across chunks, stay in at least float32.
     A length not divisible by C is zero-padded at the end: zero keys and values add nothing, and causality keeps
     the padding out of the real outputs, which are cut back to T."""
-    B, nh, T, hk = q.shape
-    hv = v.size(-1)
+    (B, nh, T, hk), hv = q.shape, v.size(-1)
     C = min(chunk_size, T)
     N = -(-T // C)  # number of chunks, rounded up
     pad = N * C - T
@@ -202,15 +201,11 @@ class MultiScaleRetention(nn.Module):
         self.head_dim = config.n_embd // config.n_head  # d_k per head (q, k)
         self.v_head_dim = config.value_factor * config.n_embd // config.n_head  # d_v per head (v, gate)
         v_dim = self.v_head_dim * config.n_head
-        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)  # W_Q
-        self.k_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)  # W_K
-        self.v_proj = nn.Linear(config.n_embd, v_dim, bias=False)  # W_V
-        self.g_proj = nn.Linear(config.n_embd, v_dim, bias=False)  # W_G, the swish gate
+        self.q_proj, self.k_proj = (nn.Linear(config.n_embd, config.n_embd, bias=False) for _ in range(2))  # W_Q, W_K
+        self.v_proj, self.g_proj = (nn.Linear(config.n_embd, v_dim, bias=False) for _ in range(2))  # W_V, W_G: the gate
         self.out_proj = nn.Linear(v_dim, config.n_embd, bias=False)  # W_O
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.mode = config.retention_mode
-        self.chunk_size = config.chunk_size
-        self.eps = config.norm_eps
+        self.mode, self.chunk_size, self.eps = config.retention_mode, config.chunk_size, config.norm_eps
         self.state = None  # (B, nh, hk, hv + 1), at least float32, set by Model.setup_cache for generation
 
     def forward(self, x, start_pos=None):
@@ -230,10 +225,8 @@ class MultiScaleRetention(nn.Module):
         v = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)  # (B, nh, T, hv + 1)
 
         if start_pos is None:  # training: the form chosen in the config
-            if self.mode == "chunkwise":
-                o = retention_chunkwise(q, k, v, log_gamma, self.chunk_size)
-            else:
-                o = retention_parallel(q, k, v, log_gamma)
+            o = (retention_chunkwise(q, k, v, log_gamma, self.chunk_size) if self.mode == "chunkwise"
+                 else retention_parallel(q, k, v, log_gamma))
         else:  # generation: continue from the state
             if self.state is None:
                 raise ValueError("call Model.setup_cache(batch_size, device, dtype) before forward(start_pos=...)")
@@ -265,8 +258,7 @@ class GeGLU(nn.Module):
     def __init__(self, config):
         super().__init__()
         hidden = int(config.ffn_mult * config.n_embd)
-        self.fc1 = nn.Linear(config.n_embd, hidden, bias=False)
-        self.gate = nn.Linear(config.n_embd, hidden, bias=False)
+        self.fc1, self.gate = (nn.Linear(config.n_embd, hidden, bias=False) for _ in range(2))
         self.fc2 = nn.Linear(hidden, config.n_embd, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -283,15 +275,12 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = RMSNorm(config.n_embd, config.norm_eps)
-        self.retention = MultiScaleRetention(config)
-        self.ln_2 = RMSNorm(config.n_embd, config.norm_eps)
-        self.ffn = GeGLU(config)
+        self.ln_1, self.retention = RMSNorm(config.n_embd, config.norm_eps), MultiScaleRetention(config)
+        self.ln_2, self.ffn = RMSNorm(config.n_embd, config.norm_eps), GeGLU(config)
 
     def forward(self, x, start_pos=None):
         x = x + self.retention(self.ln_1(x), start_pos)
-        x = x + self.ffn(self.ln_2(x))
-        return x
+        return x + self.ffn(self.ln_2(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -313,6 +302,7 @@ class Config:
     norm_eps: float = 1e-6
     retention_mode: str = "parallel"  # training form: 'parallel' (O(T^2)) or 'chunkwise' (linear in T)
     chunk_size: int = 64  # chunk length of the chunkwise form (also used for prompts in generate)
+    grad_checkpoint: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -322,17 +312,15 @@ class Config:
 class Model(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
-        if config.n_embd % config.n_head != 0:
-            raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
-        if (config.n_embd // config.n_head) % 2 != 0:
-            raise ValueError(f"head dim n_embd // n_head ({config.n_embd // config.n_head}) must be even: "
-                             "q and k are rotated in pairs")
-        if config.value_factor < 1:
-            raise ValueError(f"value_factor ({config.value_factor}) must be a positive integer")
-        if config.retention_mode not in ("parallel", "chunkwise"):
-            raise ValueError(f"retention_mode ({config.retention_mode!r}) must be 'parallel' or 'chunkwise'")
-        if config.chunk_size < 1:
-            raise ValueError(f"chunk_size ({config.chunk_size}) must be >= 1")
+        c, hs = config, config.n_embd // config.n_head
+        for bad, msg in ((c.n_embd % c.n_head, f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head})"),
+                         (hs % 2, f"head dim n_embd // n_head ({hs}) must be even: q and k are rotated in pairs"),
+                         (c.value_factor < 1, f"value_factor ({c.value_factor}) must be a positive integer"),
+                         (c.retention_mode not in ("parallel", "chunkwise"),
+                          f"retention_mode ({c.retention_mode!r}) must be 'parallel' or 'chunkwise'"),
+                         (c.chunk_size < 1, f"chunk_size ({c.chunk_size}) must be >= 1")):
+            if bad:
+                raise ValueError(msg)
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -358,13 +346,11 @@ class Model(nn.Module):
         """start_pos: None for training (the config's retention form over the whole sequence); an int for
         generation, where idx continues a sequence of start_pos tokens summarised by the state (setup_cache)."""
         x = self.transformer.drop(self.transformer.wte(idx))  # (B, T, C); no position embedding
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for block in self.transformer.h:
-            x = block(x, start_pos)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            x = checkpoint(block, x, use_reentrant=False) if ckpt else block(x, start_pos)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def num_params(self, non_embedding=True):
@@ -393,10 +379,8 @@ class Model(nn.Module):
         """A zero state per layer: (B, nh, hk, hv + 1), the last column being the row-sum tracker (see forward).
         No KV cache takes the compute dtype: the state is in promote_types(weight dtype, float32)."""
         sdt = torch.promote_types(self.lm_head.weight.dtype, torch.float32)
-        for block in self.transformer.h:
-            r = block.retention
-            shape = (batch_size, r.n_head, r.head_dim, r.v_head_dim + 1)
-            r.state = torch.zeros(shape, device=device, dtype=sdt)
+        for r in (block.retention for block in self.transformer.h):
+            r.state = torch.zeros((batch_size, r.n_head, r.head_dim, r.v_head_dim + 1), device=device, dtype=sdt)
 
     def free_cache(self):
         for block in self.transformer.h:
@@ -437,17 +421,14 @@ class Model(nn.Module):
 
 
 def check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
-    """Raise ValueError, naming the argument, before any work is done."""
-    if idx.size(1) == 0:
-        raise ValueError("idx is an empty prompt: generate needs at least one token to condition on")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k ({top_k}) must be None or an int >= 1")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p ({top_p}) must be None or in (0, 1]")
+    """generate's argument check, before any work: a ValueError that names the argument and what is allowed."""
+    for bad, msg in ((idx.size(1) == 0, "idx is an empty prompt: generate needs at least one token to condition on"),
+                     (max_new_tokens < 0, f"max_new_tokens ({max_new_tokens}) must be >= 0"),
+                     (temperature < 0, f"temperature ({temperature}) must be >= 0 (0 = greedy)"),
+                     (top_k is not None and top_k < 1, f"top_k ({top_k}) must be None or an int >= 1"),
+                     (top_p is not None and not 0 < top_p <= 1, f"top_p ({top_p}) must be None or in (0, 1]")):
+        if bad:
+            raise ValueError(msg)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

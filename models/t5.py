@@ -1,9 +1,8 @@
 """
 T5: the Text-to-Text Transfer Transformer, an encoder-decoder with relative position biases.
 
-Papers:
-- Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer" (JMLR;
-  section numbers below refer to it)
+Papers (section numbers below refer to the first):
+- Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer" (JMLR)
 - Shaw et al. 2018, "Self-Attention with Relative Position Representations" (what T5's position bias simplifies)
 - Shazeer 2020, "GLU Variants Improve Transformer" (the gated-GELU feed-forward of T5 v1.1)
 
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # ----------------------------------------------------------------------------------------------------------------
 # Layers: the norm, relative position buckets (section 2.1), attention, the feed-forward and the pre-norm blocks
@@ -104,7 +104,7 @@ class Attention(nn.Module):
         else:
             self.qkv = nn.Linear(config.d_model, 3 * inner, bias=False)
         self.o = nn.Linear(inner, config.d_model, bias=False)
-        self.dropout = config.dropout  # on the attention weights, as T5
+        self.attn_dropout = nn.Dropout(config.dropout)  # on the attention weights, as T5: SDPA's dropout_p
         self.cache_k = self.cache_v = self.memory_k = self.memory_v = None  # generation: setup_cache, cache_memory
 
     def heads(self, x, n):
@@ -124,7 +124,7 @@ class Attention(nn.Module):
                 k, v = self.cache_k[:B, :, :end], self.cache_v[:B, :, :end]
         bias = None if bias is None else bias.to(q.dtype)  # the bias table is float32 under autocast
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0,
-                                           dropout_p=self.dropout if self.training else 0.0)
+                                           dropout_p=self.attn_dropout.p if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_head * self.d_kv))  # (B, T, C)
 
     def cache_memory(self, memory):
@@ -139,8 +139,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.gated = config.activation == "gated-gelu"
         self.wi = nn.Linear(config.d_model, (2 if self.gated else 1) * config.d_ff, bias=False)
-        self.wo = nn.Linear(config.d_ff, config.d_model, bias=False)
-        self.drop = nn.Dropout(config.dropout)
+        self.wo, self.drop = nn.Linear(config.d_ff, config.d_model, bias=False), nn.Dropout(config.dropout)
 
     def forward(self, x):
         if self.gated:
@@ -193,6 +192,7 @@ class Config:
     noise_density: float = 0.15  # 'span': fraction of tokens dropped (section 3.3.4)
     mean_span_length: float = 3.0  # 'span': mean length of a dropped span
     span_seed: int = 1234  # 'span': the seed of the one mask used in eval mode
+    grad_checkpoint: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
 
 
 def span_counts(T, noise_density, mean_span_length):
@@ -231,8 +231,7 @@ class Model(nn.Module):
         self.n_extra = n_spans + 2 if c.objective == "span" else 0  # 'span': sentinel rows (module docstring)
         self.n_rows = c.vocab_size + self.n_extra
         self.max_decoder_len = T - S + 1  # the decoder cache: the most decoder positions of the prefix reading
-        self.shared = nn.Embedding(self.n_rows, c.d_model)  # one table for the encoder and decoder inputs
-        self.drop = nn.Dropout(c.dropout)
+        self.shared, self.drop = nn.Embedding(self.n_rows, c.d_model), nn.Dropout(c.dropout)  # one table, both inputs
         self.encoder_bias = RelativePositionBias(c, bidirectional=True)
         self.encoder = nn.ModuleList([Block(c) for _ in range(c.n_encoder_layer)])
         self.encoder_norm = T5LayerNorm(c.d_model, c.layer_norm_eps)
@@ -259,8 +258,9 @@ class Model(nn.Module):
         """The encoder stack: src (B, S) -> memory (B, S, C), every position attending to every position."""
         bias = self.encoder_bias(src.size(1), src.size(1))  # (1, h, S, S), shared by every layer
         x = self.drop(self.shared(src))
+        ckpt = self.config.grad_checkpoint and self.training  # generation encodes under no_grad, in eval mode
         for layer in self.encoder:
-            x = layer(x, bias)
+            x = checkpoint(layer, x, bias, use_reentrant=False) if ckpt else layer(x, bias)
         return self.drop(self.encoder_norm(x))  # (B, S, C)
 
     def decode(self, tgt, memory=None, start_pos=None):
@@ -268,16 +268,16 @@ class Model(nn.Module):
         T, pos = tgt.size(1), start_pos or 0
         bias = self.decoder_bias(T, pos + T, pos)  # (1, h, T', pos + T'): the new queries only
         y = self.drop(self.shared(tgt))
+        ckpt = self.config.grad_checkpoint and self.training and start_pos is None  # decoding has no backward
         for layer in self.decoder:
-            y = layer(y, bias, memory, start_pos)
+            y = checkpoint(layer, y, bias, memory, use_reentrant=False) if ckpt else layer(y, bias, memory, start_pos)
         y = self.drop(self.decoder_norm(y))
         return self.lm_head(y * self.output_scale if self.output_scale != 1.0 else y)
 
     def span_corrupt(self, idx, generator=None):
         """Section 3.3.4: idx (B, T) -> encoder input (B, T - n_noise + n_spans), decoder input and targets (B, n_noise
         + n_spans + 1); spans of random lengths >= 1, kept and dropped alternating (T5's random_spans_noise_mask)."""
-        B, T = idx.size()
-        V = self.config.vocab_size
+        (B, T), V = idx.size(), self.config.vocab_size
         n_noise, n_spans = span_counts(T, self.config.noise_density, self.config.mean_span_length)
         if n_spans > T - n_noise:
             raise ValueError(f"a sequence of {T} tokens is too short for {n_spans} spans: use longer sequences")
@@ -311,6 +311,7 @@ class Model(nn.Module):
             raise ValueError(f"sequence of length {T} is longer than block_size {c.block_size}")
         g = None if self.training else torch.Generator().manual_seed(c.span_seed)  # 'span': one mask in eval mode
         enc, dec, tgt = self.split(idx, targets, g)
+        self.loss_targets = tgt  # what the logits are scored against ('span': the spans): train.py's label smoothing
         if dec.size(1) == 0:  # 'prefix' with T < src_len
             raise ValueError(f"sequence of length {T} is shorter than src_len {c.src_len}: "
                              f"nothing left for the decoder")
@@ -440,8 +441,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float("inf")
+        logits[logits < torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]] = -float("inf")
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(dim=-1)

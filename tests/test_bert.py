@@ -130,6 +130,7 @@ def test_loss_covers_chosen_positions_only_and_respects_ignored_targets():
     logits, loss = model(idx, targets)
     torch.manual_seed(5)
     x, labels = model.mask_tokens(idx, targets)  # the same draw
+    assert torch.equal(model.loss_targets, labels)  # what the logits are scored against (train.py's smoothing)
     chosen = labels != -1
     assert not chosen[:, :20].any() and chosen[:, 20:].any()
     ref = torch.nn.functional.cross_entropy(logits[chosen], idx[chosen])  # the original tokens, chosen positions

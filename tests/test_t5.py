@@ -138,7 +138,7 @@ def test_prefix_loss_covers_decoder_positions_only():
     idx, targets = tokens(4, 24, V), tokens(4, 24, V, seed=2)
     S = model.config.src_len
     logits, loss = model(idx, targets)
-    assert logits.shape == (4, 24 - S + 1, V)
+    assert logits.shape == (4, 24 - S + 1, V) and torch.equal(model.loss_targets, targets[:, S - 1:])
     torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, V), targets[:, S - 1:].reshape(-1)))
     t2 = targets.clone()
     t2[:, :S - 1] = -1  # the source part is never scored
@@ -210,6 +210,7 @@ def test_span_mask_random_in_training_fixed_in_eval():
     assert model(idx, torch.full_like(idx, -1))[1].item() == loss.item()  # one mask; targets only ask for a loss
     enc, dec, tgt = model.span_corrupt(idx, torch.Generator().manual_seed(model.config.span_seed))
     assert logits.shape == (4, tgt.size(1), V + model.n_extra)
+    assert torch.equal(model.loss_targets, tgt)  # the targets the logits align with, for train.py's smoothing
     torch.testing.assert_close(logits, model.decode(dec, model.encode(enc)))
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), tgt.flatten()))
     assert model.generate(idx[:, :10], 20, temperature=0)[:, 10:].max() < V  # sentinels are never generated

@@ -1,6 +1,6 @@
 """Tests for models/transformer.py: parity of the encoder-decoder body with torch.nn.Transformer, the paper's
-sinusoids, which positions the loss covers, label smoothing only in training, and cached generation == a
-full-forward greedy loop (including the new windows past block_size).
+sinusoids, which positions the loss covers, the plain cross-entropy in both modes (label smoothing is train.py's,
+tested there), and cached generation == a full-forward greedy loop (including the new windows past block_size).
 
 Parity and cached-vs-full comparisons run in float64 with bounds near float64 rounding (a float32 bound such as
 1e-5 depends on the CPU's summation order); one float32 smoke check of the parity remains."""
@@ -166,18 +166,20 @@ def test_loss_covers_decoder_positions_only():
     torch.testing.assert_close(model(idx2)[0][:, :10 - S + 1], logits[:, :10 - S + 1])
 
 
-def test_label_smoothing_in_training_mode_only():
-    model = tiny_model(label_smoothing=0.1)  # dropout 0, so train mode is deterministic
+def test_loss_is_plain_cross_entropy_in_both_modes():
+    """Label smoothing moved to train.py (its label_smoothing setting): the model's loss is the plain cross-entropy
+    over targets[:, S-1:], in training mode as in eval mode, and the Config has no smoothing field left."""
+    model = tiny_model()  # dropout 0, so train mode is deterministic
+    assert not hasattr(model.config, "label_smoothing")
     torch.manual_seed(3)
     idx = torch.randint(0, 61, (2, 16))
     targets = torch.randint(0, 61, (2, 16))
     S = model.config.src_len
-    logits, plain = model.eval()(idx, targets)
-    _, smoothed = model.train()(idx, targets)
-    flat_logits, flat_targets = logits.reshape(-1, 61), targets[:, S - 1:].reshape(-1)
-    torch.testing.assert_close(plain, F.cross_entropy(flat_logits, flat_targets))
-    torch.testing.assert_close(smoothed, F.cross_entropy(flat_logits, flat_targets, label_smoothing=0.1))
-    assert smoothed.item() != plain.item()
+    logits, eval_loss = model.eval()(idx, targets)
+    _, train_loss = model.train()(idx, targets)
+    plain = F.cross_entropy(logits.reshape(-1, 61), targets[:, S - 1:].reshape(-1))
+    torch.testing.assert_close(eval_loss, plain)
+    torch.testing.assert_close(train_loss, plain)
 
 
 def test_dropout_is_active_in_training():
