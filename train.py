@@ -27,8 +27,10 @@ from common.checkpoints import (check_resumable, ensure_writable_dir, load_check
                                 rng_states, save_checkpoint, strip_prefixes)
 from common.data import get_batch, load_meta, open_bin, sample_starts, tokenizer
 from common.devices import autocast_for, device_name, peak_flops, peak_memory_mb, pick_device, pick_dtype
+from common.fsdp import check_fsdp, full_state_dicts, load_optimizer_state, shard
 from common.guards import StopRequest, agree, stop_nonfinite, weights_finite
 from common.optim import OPTIMIZERS, SCHEDULES, configure_optimizer, get_lr
+from common.recipe import check_recipe, curriculum, label_smoothed, set_dropout
 from common.settings import build_model, parse_config
 from common.sophia import gauss_newton_bartlett
 
@@ -43,6 +45,8 @@ DEFAULTS = dict(
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
     max_iters=2000,
     max_seconds=0.0,  # stop after this much training time (evaluation excluded); schedules then run over it. 0 = off
+    clock="wall",  # training time: 'wall', or 'process' (this process's CPU seconds: other processes' load does not
+                   # shrink a budget; for single-threaded CPU studies run side by side)
     optimizer="adamw",  # 'adamw', 'lion', 'sophia' (Sophia-G), 'muon' (Muon + AdamW): common/optim.py
     learning_rate=1e-3,
     min_lr=1e-4,
@@ -64,6 +68,13 @@ DEFAULTS = dict(
     muon_momentum=0.95,  # Muon's Nesterov momentum; its lr and weight decay are AdamW's (RMS-matched updates)
     grad_clip=1.0,  # 0 disables
     skip_nonfinite=False,  # skip (and count) steps whose loss is NaN/inf instead of stopping
+    # recipe (common/recipe.py), for every model
+    label_smoothing=0.0,  # epsilon in [0, 1) on the cross-entropy (the 2017 paper's 0.1); auxiliary losses unchanged
+    dropout_schedule=None,  # (start, end): every nn.Dropout's p goes linearly from start to end over the horizon
+    seq_warmup_iters=0,  # sequence-length warmup: windows grow from seq_warmup_start to block_size over these iters
+    seq_warmup_start=8,
+    batch_warmup_iters=0,  # batch-size ramp-up: sequences per micro-step grow from batch_warmup_start to batch_size
+    batch_warmup_start=1,
     # evaluation, logging, checkpoints
     eval_interval=250,
     eval_iters=20,
@@ -78,6 +89,7 @@ DEFAULTS = dict(
     device="auto",  # 'auto' picks cuda > mps > cpu
     dtype="auto",  # 'auto': bfloat16 on CUDA (float16 where unsupported), float16 on MPS, float32 on CPU
     compile="auto",  # 'auto': on for CUDA, off for CPU/MPS
+    fsdp=False,  # under torchrun: shard weights, gradients and optimizer state (FSDP2, common/fsdp.py); else DDP
     seed=1337,
 )
 
@@ -87,7 +99,7 @@ def check_settings(cfg):
                 "hessian_interval"):
         if cfg[key] < 1:
             die(f"{key}={cfg[key]} must be at least 1")
-    for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+    for key, valid in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("clock", ("wall", "process"))):
         if cfg[key] not in valid:
             die(f"{key}={cfg[key]!r} is not one of {', '.join(map(repr, valid))}")
     if cfg["schedule"] == "noam" and cfg["warmup_iters"] < 1:
@@ -101,6 +113,7 @@ def check_settings(cfg):
         die(f"restart_period={cfg['restart_period']} must be in (0, 1] and restart_mult={cfg['restart_mult']} >= 1")
     if cfg["compile"] not in ("auto", True, False):
         die(f"compile={cfg['compile']!r} must be True, False or 'auto'")
+    check_fsdp(cfg)
 
 
 @torch.no_grad()
@@ -124,11 +137,12 @@ def estimate_loss(model, splits, cfg, block_size, device, autocast):
 def checkpoint(path, raw_model, optimizer, scaler, data_gen, device, state, saved_iter, master, **extra):
     """Every process hands in its RNG state; the master writes the checkpoint (never one with NaN weights)."""
     rngs, cuda_rngs = rng_states(device)
+    weights, optimizer_state = full_state_dicts(raw_model, optimizer, master)  # FSDP: gathered to the master
     if master:
-        if not weights_finite(raw_model):
+        if not weights_finite(weights[name] for name, _ in raw_model.named_parameters()):
             stop_nonfinite(f"the weights are not finite at iter {state['iter_num']} (a NaN/inf gradient?)",
                            "a lower learning_rate or grad_clip", path, saved_iter)
-        save_checkpoint({"model": strip_prefixes(raw_model.state_dict()), **extra, "optimizer": optimizer.state_dict(),
+        save_checkpoint({"model": strip_prefixes(weights), **extra, "optimizer": optimizer_state,
                          "scaler": scaler.state_dict(), **state,
                          "rng": {"data": data_gen.get_state(), "torch": rngs, "cuda": cuda_rngs}}, path)
     return state["iter_num"]
@@ -171,6 +185,7 @@ def main(argv):
         die(f"vocab_size={model_kwargs['vocab_size']} is smaller than the dataset's {meta['vocab_size']}; "
             f"leave vocab_size out (it defaults to the dataset's) or raise it")
     block_size = model_kwargs.get("block_size", module.Config.block_size)
+    check_recipe(cfg, block_size)
     train_data = open_bin(data_dir, "train", block_size, model_kwargs["vocab_size"])
     val_data = open_bin(data_dir, "val", block_size, model_kwargs["vocab_size"])
 
@@ -184,14 +199,17 @@ def main(argv):
     if ckpt is not None or cfg["init_from"]:
         source_path = ckpt_path if ckpt is not None else cfg["init_from"]
         load_weights(model, ckpt or load_checkpoint(source_path), source_path, model_name)
-    model.to(device)
+    if cfg["fsdp"]:
+        shard(model, device, ptdtype)  # puts the shards on the device; the optimizer, made next, holds them
+    else:
+        model.to(device)
     optimizer = configure_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=ptdtype == torch.float16)
     data_gen = torch.Generator().manual_seed(cfg["seed"])  # same in every process: all draw the one global batch
     # Dropout masks and router noise must differ between processes, which see different data.
     torch.manual_seed(cfg["seed"] + rank)
     # What a checkpoint carries besides weights and optimizer; saved_iter is the last checkpoint written.
-    state = dict(iter_num=0, best_val_loss=float("inf"), skipped=0, train_time=0.0, wandb_id=None)
+    state = dict(iter_num=0, best_val_loss=float("inf"), skipped=0, train_time=0.0, wandb_id=None, tokens=None)
     saved_iter = None
     if ckpt is not None:
         trained_with = ckpt.get("config", {}).get("optimizer", "adamw")
@@ -199,7 +217,7 @@ def main(argv):
             die(f"{ckpt_path} was trained with optimizer={trained_with!r}; resume with --optimizer={trained_with}, "
                 f"or start a new run from its weights with --init_from={ckpt_path}")
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
+            load_optimizer_state(optimizer, ckpt["optimizer"])
         except ValueError as e:
             die(f"the optimizer state in {ckpt_path} does not fit this model ({e}); "
                 f"start a new run from its weights with --init_from={ckpt_path}")
@@ -213,13 +231,14 @@ def main(argv):
     raw_model = model
     if use_compile:
         model = torch.compile(model)  # compile before the DDP wrap
-    if ddp:
+    if ddp and not cfg["fsdp"]:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     model_stats = lambda: {k: float(v) for k, v in getattr(raw_model, "stats", {}).items()}  # noqa: E731
     n_params = sum(p.numel() for p in raw_model.parameters())
     if master:
         print(f"models/{model_name}.py: {n_params / 1e6:.2f}M parameters, {device.type} "
-              f"{str(ptdtype).replace('torch.', '')}, compile={use_compile}, {world} process(es)")
+              f"{str(ptdtype).replace('torch.', '')}, compile={use_compile}, {world} process(es)"
+              + (" with FSDP" if cfg["fsdp"] else ""))
     if cfg["wandb_log"] and master:
         import wandb
 
@@ -227,8 +246,9 @@ def main(argv):
                                        id=state["wandb_id"], resume="allow",  # --resume continues the same run
                                        config={**cfg, **dataclasses.asdict(raw_model.config)}).id
     stop = StopRequest(verbose=master)
-    tokens_per_iter = accum * world * cfg["batch_size"] * block_size
-    flops_per_iter, peak = raw_model.flops_per_token() * tokens_per_iter, peak_flops(device)
+    tokens_per_iter = accum * world * cfg["batch_size"] * block_size  # at full batch and length (curriculum: less)
+    state["tokens"] = state["iter_num"] * tokens_per_iter if state["tokens"] is None else state["tokens"]
+    flops_per_token, peak = raw_model.flops_per_token(), peak_flops(device)
     # log.jsonl: one line per evaluation (loss against iterations, tokens and training time), read by the studies
     log_path = os.path.join(cfg["out_dir"], "log.jsonl")
     if master and not cfg["resume"]:
@@ -241,12 +261,13 @@ def main(argv):
                 model_config=dataclasses.asdict(raw_model.config))
 
     model.train()
-    t0, n_timed, first = time.time(), 0, True
+    t0, n_timed, tok0, first = time.time(), 0, state["tokens"], True
     while True:
         it, budget = state["iter_num"], cfg["max_seconds"]
         lr = get_lr(it, cfg, state["train_time"] / budget if budget > 0 else None)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        set_dropout(raw_model, cfg, state["train_time"] / budget if budget > 0 else it / cfg["lr_decay_iters"])
         done = it >= cfg["max_iters"] or budget > 0 and state["train_time"] >= budget
 
         # Evaluate, log, checkpoint
@@ -257,7 +278,7 @@ def main(argv):
                 state["best_val_loss"] = min(state["best_val_loss"], losses["val"])
                 print(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
                 with open(log_path, "a") as f:
-                    f.write(json.dumps({"iter": it, "tokens": it * tokens_per_iter, "time": state["train_time"],
+                    f.write(json.dumps({"iter": it, "tokens": state["tokens"], "time": state["train_time"],
                                         "train_loss": losses["train"], "val_loss": losses["val"],
                                         "peak_mem_mb": peak_memory_mb(device)}) + "\n")
                 if cfg["wandb_log"]:
@@ -265,23 +286,27 @@ def main(argv):
                                **{f"val/{k}": v for k, v in model_stats().items()}})
             if not first and not cfg["eval_only"]:
                 saved_iter = checkpoint(saved_iter=saved_iter, **save)
-            t0, n_timed = time.time(), 0  # keep evaluation out of the training speed
+            t0, n_timed, tok0 = time.time(), 0, state["tokens"]  # keep evaluation out of the training speed
         first = False
         if done or cfg["eval_only"]:
             break
 
         # One optimizer step over the global batch: every process draws the same indices and takes its share.
-        t_step = time.time()
-        ix = sample_starts(train_data, block_size, (world, accum, cfg["batch_size"]), data_gen)[rank]
+        clock = time.process_time if cfg["clock"] == "process" else time.time
+        t_step = clock()
+        batch, length = curriculum(it, cfg, block_size)  # the full batch_size and block_size unless they ramp up
+        ix = sample_starts(train_data, length, (world, accum, batch), data_gen)[rank]
         loss_sum = torch.zeros((), device=device)
         for micro in range(accum):
-            x, y = get_batch(train_data, ix[micro], block_size, device)
+            x, y = get_batch(train_data, ix[micro], length, device)
             if micro == 0 and it % cfg["hessian_interval"] == 0 and hasattr(optimizer, "update_hessian"):
                 gauss_newton_bartlett(optimizer, model, x, y, autocast)  # Sophia's h, every k steps (common/sophia.py)
-            # DDP averages gradients across processes; do it once, on the last micro-step.
-            sync = model.no_sync() if ddp and micro < accum - 1 else nullcontext()
+            # DDP averages gradients across processes; do it once, on the last micro-step. FSDP reduce-scatters at
+            # every micro-step: skipping it would keep whole fp32 gradients on every GPU, the memory it saves.
+            sync = model.no_sync() if ddp and not cfg["fsdp"] and micro < accum - 1 else nullcontext()
             with sync, autocast:
-                loss = model(x, y)[1] / accum
+                logits, loss = model(x, y)
+                loss = label_smoothed(raw_model, logits, y, loss, cfg["label_smoothing"]) / accum
             scaler.scale(loss).backward()
             loss_sum += loss.detach()
         if ddp:
@@ -302,21 +327,22 @@ def main(argv):
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state["iter_num"], n_timed = it + 1, n_timed + 1
-        stop_now, state["train_time"] = agree(stop, state["train_time"] + time.time() - t_step, device)
+        state["tokens"] += world * accum * batch * length
+        stop_now, state["train_time"] = agree(stop, state["train_time"] + clock() - t_step, device)
 
         if state["iter_num"] % cfg["log_interval"] == 0 and master:
             lossf = loss_sum.item()  # waits for the device, so the time below is real
-            dt = (time.time() - t0) / n_timed
-            t0, n_timed = time.time(), 0
-            mfu = f", mfu {100 * flops_per_iter / dt / (peak * world):.1f}%" if peak else ""
+            dt, tok_s = (time.time() - t0) / n_timed, (state["tokens"] - tok0) / (time.time() - t0)
+            t0, n_timed, tok0 = time.time(), 0, state["tokens"]
+            mfu = f", mfu {100 * flops_per_token * tok_s / (peak * world):.1f}%" if peak else ""
             stats = model_stats()
             extra = "".join(f", {k} {v:.4g}" for k, v in stats.items())
             extra += f", skipped {state['skipped']}" if state["skipped"] else ""
             print(f"iter {state['iter_num']}: loss {lossf:.4f}, lr {lr:.2e}, {dt * 1000:.1f} ms/iter, "
-                  f"{tokens_per_iter / dt:,.0f} tok/s{mfu}{extra}", flush=True)
+                  f"{tok_s:,.0f} tok/s{mfu}{extra}", flush=True)
             if cfg["wandb_log"]:
                 wandb.log({"iter": state["iter_num"], "train/loss_step": lossf, "lr": lr,
-                           "tok_per_s": tokens_per_iter / dt, **{f"train/{k}": v for k, v in stats.items()}})
+                           "tok_per_s": tok_s, **{f"train/{k}": v for k, v in stats.items()}})
         if stop_now:
             checkpoint(saved_iter=saved_iter, **save)
             if master:
@@ -325,7 +351,7 @@ def main(argv):
                 print(f"saved {ckpt_path} at iter {state['iter_num']}; continue with: {launcher} {again}", flush=True)
             break
 
-    if master and cfg["sample_tokens"] > 0 and not stop.requested and not cfg["eval_only"]:
+    if master and cfg["sample_tokens"] > 0 and not stop.requested and not cfg["eval_only"] and not cfg["fsdp"]:
         encode, decode = tokenizer(meta)
         start = encode("\n") if meta["tokenizer"] == "char" and "\n" in meta["chars"] else [0]
         raw_model.eval()

@@ -47,5 +47,5 @@ def stop_nonfinite(what, fix, ckpt_path, saved_iter):
     die(f"{what}; {where} {fix}")
 
 
-def weights_finite(model):
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+def weights_finite(tensors):
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())

@@ -133,9 +133,12 @@ def one_line_error(p):
 
 
 # Every optimizer's state resumes exactly; Sophia refreshes its Hessian estimate every 3 steps, so the checkpoints
-# (every 10) fall between refreshes and the estimate must come from the checkpoint.
+# (every 10) fall between refreshes and the estimate must come from the checkpoint. "recipe": label smoothing, the
+# dropout schedule and both curriculum ramps, killed inside the ramps (they end at iteration 150).
 WITH_OPTIMIZER = {"adamw": [], "lion": ["--optimizer=lion", "--learning_rate=3e-4"],
-                  "sophia": ["--optimizer=sophia", "--hessian_interval=3"], "muon": ["--optimizer=muon"]}
+                  "sophia": ["--optimizer=sophia", "--hessian_interval=3"], "muon": ["--optimizer=muon"],
+                  "recipe": ["--label_smoothing=0.1", "--dropout_schedule=(0.2,0.0)", "--seq_warmup_iters=150",
+                             "--batch_warmup_iters=150", "--batch_warmup_start=1"]}
 
 
 @pytest.fixture(scope="module")
