@@ -9,6 +9,7 @@ file works unchanged.
     python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
     python bench.py --ladder config/ladder [--quick]                 # the ablation ladder: seeds, two protocols
     python bench.py --length config/length [--quick]                 # train at block_size, evaluate up to 16x
+    python bench.py --scaling --model=llama [--quick]                # compute-optimal N and D: iso-FLOP + L(N, D) fits
 
 Model settings come from the config file and --key=value, as for train.py. The training settings a config file
 holds are left out (with a note); given on the command line they are an error, since they would change nothing. Weights are random and tokens are random: speed does not depend on them. Each run appends one JSON line
@@ -31,6 +32,7 @@ from common.data import load_meta
 from common.devices import autocast_for, device_name, peak_flops, pick_device, pick_dtype
 from common.settings import build_model, parse_config
 from common.ladder import ladder, length
+from common.scaling import scaling
 from common.study import compare
 from train import DEFAULTS as TRAIN_DEFAULTS
 
@@ -343,5 +345,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    studies = {"--compare": compare, "--ladder": ladder, "--length": length}  # common/study.py, common/ladder.py
+    studies = {"--compare": compare, "--ladder": ladder, "--length": length,  # common/study.py, common/ladder.py
+               "--scaling": scaling}  # common/scaling.py
     studies[sys.argv[1]](sys.argv[2:]) if sys.argv[1:2] and sys.argv[1] in studies else main(sys.argv[1:])

@@ -11,6 +11,9 @@ model files are reached only through the interface in README.md ("The model inte
     ladder.py       the studies on models/lab.py: the ablation ladder and the length study
     optim.py        optimizers, the one parameter-group rule, learning-rate schedules
     lion.py         Lion (Chen et al. 2023); sophia.py: Sophia-G (Liu et al. 2023)
+    recipe.py       label smoothing, the dropout schedule, the curriculum (sequence-length and batch-size warmup)
+    fsdp.py         FSDP2 sharding under torchrun; checkpoints gathered into the one plain format
+    scaling.py      the compute-optimal sweep: iso-FLOP profiles and the parametric law L(N, D)
 
 die() is here: every user mistake, in every script, ends in the same single line.
 """

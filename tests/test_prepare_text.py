@@ -320,3 +320,124 @@ def test_load_hub_fallback_failure_one_line(script_refusal, fake_hub, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: user/corpus: it is a loading script")
     assert "not found" in err[0] and "python prepare/text.py --data_files" in err[0]
+
+
+# ----------------------------------------------------------------------------- prepare/gutenberg.py
+
+PG_HEADER = ("\ufeffThe Project Gutenberg eBook of {title}\r\n\r\nThis ebook is for the use of anyone...\r\n\r\n"
+             "Title: {title}\r\n\r\nAuthor: {author}\r\n\r\nRelease date: May 1, 1998 [eBook #{id}]\r\n\r\n"
+             "*** START OF THE PROJECT GUTENBERG EBOOK {upper} ***\r\n")
+PG_FOOTER = ("\r\n*** END OF THE PROJECT GUTENBERG EBOOK {upper} ***\r\n\r\nUpdated editions will replace the previous"
+             " one.\r\n*** START: FULL LICENSE ***\r\nTHE FULL PROJECT GUTENBERG LICENSE\r\n")
+
+
+def pg_file(book_id, title, author, body):
+    fields = dict(id=book_id, title=title, author=author, upper=title.upper())
+    text = "\r\n\r\n" + body.replace("\n", "\r\n") + "\r\n\r\n"
+    return PG_HEADER.format(**fields) + text + PG_FOOTER.format(**fields)
+
+
+def test_gutenberg_strips_header_and_footer():
+    from prepare import gutenberg
+
+    body = "CHAPTER I.\n\nIt is a truth universally acknowledged... “quoted” naïve.\n\nTHE END"
+    title, author, text = gutenberg.strip_gutenberg(pg_file(1342, "Pride and Prejudice", "Jane Austen", body))
+    assert (title, author, text) == ("Pride and Prejudice", "Jane Austen", body)
+    # older files: THIS, no space after the stars, E-BOOK; no Title/Author lines
+    old = ("header\n***START OF THIS PROJECT GUTENBERG E-BOOK FOO***\nthe book\n"
+           "***END OF THIS PROJECT GUTENBERG E-BOOK FOO***\nlicense")
+    assert gutenberg.strip_gutenberg(old) == ("", "", "the book")
+    assert gutenberg.strip_gutenberg("no markers here\nat all") is None
+    assert gutenberg.strip_gutenberg(body + "\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\n") is None
+
+
+def gutenberg_books(n=23):
+    rng = np.random.default_rng(3)
+    return [dict(author=f"Author {i % 5}", title=f"Book {i:02d}", text=" ".join(make_docs(3, seed=i)) + f" ({i})")
+            for i in rng.permutation(n)]
+
+
+def test_gutenberg_offline_shards(tmp_path):
+    import gzip
+
+    from prepare import gutenberg
+
+    books = gutenberg_books()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k, part in enumerate((books[:10], books[10:])):  # one gzipped shard, one plain
+        opener = gzip.open if k == 0 else open
+        with opener(shards / f"books-{k:02d}.jsonl{'.gz' if k == 0 else ''}", "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(b) + "\n" for b in part)
+    out = tmp_path / "out"
+    meta = gutenberg.main(["--input", str(shards), "--out_dir", str(out), "--num_proc", "1"])
+    ordered = sorted(books, key=lambda b: (b["author"], b["title"]))
+    assert read_docs(out, "val") == [b["text"] for b in ordered[::10]]  # every 10th book, whole, EOT after each
+    assert read_docs(out, "train") == [b["text"] for i, b in enumerate(ordered) if i % 10]
+    assert (meta["books"], meta["authors"], meta["val_docs"], meta["train_docs"]) == (23, 5, 3, 20)
+    assert meta["train_tokens"] + meta["val_tokens"] == n_tokens([b["text"] for b in books])
+    with open(out / "meta.json") as f:
+        assert json.load(f) == meta and meta["tokenizer"] == "gpt2"
+    # the same books in other shards give the same bins
+    again = tmp_path / "again"
+    again.mkdir()
+    with open(again / "all.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(b) + "\n" for b in reversed(books))
+    gutenberg.main(["--input", str(again), "--out_dir", str(tmp_path / "out2"), "--num_proc", "1"])
+    assert (out / "val.bin").read_bytes() == (tmp_path / "out2" / "val.bin").read_bytes()
+    # characters: the same split, one token per character
+    chars = tmp_path / "chars"
+    meta = gutenberg.main(["--input", str(shards), "--out_dir", str(chars), "--tokenizer", "char"])
+    vocab = meta["chars"]
+    val = "".join(vocab[i] for i in np.fromfile(chars / "val.bin", dtype=np.uint16))
+    assert val == "".join(b["text"] + "\n\n" for b in ordered[::10]) and meta["vocab_size"] == len(vocab)
+
+
+def test_gutenberg_download_path_offline(tmp_path, monkeypatch):
+    """The online path with urlopen faked: each book fetched once, cached, stripped; a file without markers and a
+    book the site does not have (404) are left out with a note."""
+    import io
+
+    from prepare import gutenberg
+
+    fetched = []
+
+    def urlopen(req, timeout):
+        book_id = int(req.full_url.rsplit("pg", 1)[1].split(".")[0])
+        assert req.full_url == gutenberg.URL.format(id=book_id)
+        fetched.append(book_id)
+        if book_id == 99:
+            return io.BytesIO(b"no markers")
+        if book_id == 98:
+            raise gutenberg.urllib.error.HTTPError(req.full_url, 404, "Not Found", {}, None)
+        return io.BytesIO(pg_file(book_id, f"Title {book_id}", f"Author {book_id % 3}",
+                                  f"The text of book {book_id}.").encode("utf-8"))
+
+    monkeypatch.setattr(gutenberg.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(gutenberg, "BOOKS", list(range(1, 12)) + [98, 99])
+    out = tmp_path / "out"
+    meta = gutenberg.main(["--out_dir", str(out), "--num_proc", "1"])
+    assert meta["books"] == 11 and meta["source"] == "gutenberg.org"
+    docs = read_docs(out, "train") + read_docs(out, "val")
+    assert sorted(docs) == sorted(f"The text of book {i}." for i in range(1, 12))
+    assert sorted(os.listdir(out / "download")) == sorted(f"pg{i}.txt" for i in list(range(1, 12)) + [99])
+    gutenberg.main(["--out_dir", str(out), "--num_proc", "1"])
+    assert len(fetched) == 14 and fetched.count(98) == 2  # the second run read the cache (a 404 is asked again)
+
+
+def test_gutenberg_bad_input_one_line(tmp_path, capsys):
+    from prepare import gutenberg
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.jsonl").write_text('{"title": "x"}\n')
+    for argv, says in [(["--input", str(tmp_path / "nope")], "no such folder"),
+                       (["--input", str(tmp_path / "empty")], "no *.jsonl"),
+                       (["--input", str(tmp_path / "bad")], 'line 1: not a JSON object with a "text" field'),
+                       (["--input", str(tmp_path / "bad"), "--val_every", "1"], "at least 2")]:
+        with pytest.raises(SystemExit) as e:
+            gutenberg.main(argv + ["--out_dir", str(tmp_path / "out")])
+        assert e.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+    assert not (tmp_path / "out" / "train.bin").exists()
