@@ -55,6 +55,7 @@ class Progress:
     def update(self, name, run, ran, seconds):
         self.seen += 1
         self.spent += [seconds] if ran else []
+        self.total = max(self.total, self.seen)  # a sweep extended past its planned runs
         left = self.total - self.seen
         eta = f", about {left * sum(self.spent) / len(self.spent) / 60:.1f} min left" if self.spent and left else ""
         last = run["log"][-1]
