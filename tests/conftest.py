@@ -11,8 +11,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
 sys.path.insert(0, ROOT)
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
-    torch.set_num_threads(1)
 
 # A tiny GPT-2 run: the settings every train.py test starts from.
 TINY = ["--model=gpt2", "--dataset=tiny", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32",
