@@ -262,6 +262,7 @@ def main(argv):
 
     model.train()
     t0, n_timed, tok0, first = time.time(), 0, state["tokens"], True
+    clock = time.process_time if cfg["clock"] == "process" else time.time  # what max_seconds counts
     while True:
         it, budget = state["iter_num"], cfg["max_seconds"]
         lr = get_lr(it, cfg, state["train_time"] / budget if budget > 0 else None)
@@ -292,7 +293,6 @@ def main(argv):
             break
 
         # One optimizer step over the global batch: every process draws the same indices and takes its share.
-        clock = time.process_time if cfg["clock"] == "process" else time.time
         t_step = clock()
         batch, length = curriculum(it, cfg, block_size)  # the full batch_size and block_size unless they ramp up
         ix = sample_starts(train_data, length, (world, accum, batch), data_gen)[rank]
