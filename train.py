@@ -359,6 +359,9 @@ def main(argv):
             out = raw_model.generate(torch.tensor([start], device=device), cfg["sample_tokens"], temperature=0.8, top_k=200)
         print("-" * 40 + "\n" + decode(out[0].tolist()) + "\n" + "-" * 40)
     if ddp:
+        # Drop DDP first: its reducer must not hold the last reference to the process group, whose gloo threads
+        # it would then join while holding the GIL they may still need (a hang at exit under load).
+        model = sync = None  # noqa: F841
         torch.distributed.destroy_process_group()
 
 
