@@ -22,7 +22,8 @@ What is fixed (README "Compute-optimal scaling"):
   --learning_rate=X skips the sweep. The smallest budget, because there a rate too high costs most: a short run
   stalls on the unigram plateau (+0.3 nats), while a rate 2x too low costs a long run ~0.01-0.04.
 Each run is a train.py run through common/study.py's run_one (out/scaling_<model>[_quick]/<run>), so a killed
-sweep started again reuses every finished run; each finished run is a line in bench/scaling_<model>.jsonl.
+sweep started again reuses every finished run; each finished run is a line in bench/scaling_<model>.jsonl, with its
+train.py arguments, and a sweep whose out/ folder is gone reuses the lines whose arguments match.
 """
 
 import dataclasses
@@ -265,15 +266,21 @@ def run_name(run, lr):
 def train_run(p, run, lr_ref, progress):
     """One train.py run of the sweep (reused when it finished earlier): -> its row for the results."""
     name, lr = run_name(run, lr_ref), run_lr(p, run, lr_ref)
+    args = run_args(p, run, lr)
+    kept = p["kept"].get(name)
+    if kept and kept.get("args") == args:  # its line in the results file: the same run finished earlier
+        log = [dict(val_loss=kept["val_loss"], time=kept["train_s"], tokens=kept["tokens"])]
+        progress.update(name, dict(log=log), False, 0.0, run["flops"])
+        return {k: v for k, v in kept.items() if k != "stage"}
     t0 = time.time()
-    result, ran = run_one([], run_args(p, run, lr), os.path.join(p["out_root"], name), name, quiet=True)
+    result, ran = run_one([], args, os.path.join(p["out_root"], name), name, quiet=True)
     progress.update(name, result, ran, time.time() - t0, run["flops"])
     last = result["log"][-1]
     return dict(name=name, budget=run["budget"], depth=run["depth"], width=run["width"], n=run["n"],
                 n_total=run["n_total"], fpt=run["fpt"], iters=run["iters"], tokens=last["tokens"],
                 flops=run["fpt"] * last["tokens"], lr=lr, lr_ref=lr_ref, val_loss=last["val_loss"],
                 train_loss=last["train_loss"], train_s=last["time"],
-                wall_s=round(time.time() - t0, 1) if ran else None, device=result["device"])
+                wall_s=round(time.time() - t0, 1) if ran else None, device=result["device"], args=args)
 
 
 def write_results(path, rows):
@@ -300,6 +307,10 @@ def scaling(argv):
           (f", after a learning-rate sweep at depth {mid['depth']} and {mid_budget:.3g} FLOPs" if lrs else ""),
           flush=True)
     rows, results = [], p["out"] + ".jsonl"
+    p["kept"] = {}  # the runs of an earlier sweep's results file, reused when their train.py arguments match
+    if os.path.isfile(results):
+        with open(results) as f:
+            p["kept"] = {r["name"]: r for r in map(json.loads, f) if "args" in r}
     sweep, extra = {}, 0
     while lrs:  # the learning rate: the best of the sweep at the middle size, smallest budget, one seed
         row = train_run(p, mid, lrs.pop(0), progress)
