@@ -1,11 +1,14 @@
 """
-Generate text from a checkpoint written by train.py:
+Generate text from a checkpoint written by train.py, or from Hugging Face weights (common/hf.py):
 
     python sample.py --ckpt=out/shakespeare_char --start="ROMEO:" --num_samples=3 --max_new_tokens=300
+    python sample.py --ckpt=hf:gpt2 --start="The meaning of life is"      # the hub, or its local cache
+    python sample.py --ckpt=path/to/dir                                  # config.json + model.safetensors
 
 Settings are written --key=value, as for train.py and bench.py. The model file and its config come from the
-checkpoint (its model_name and model_config), the tokenizer from the dataset meta stored beside them. Decoding is
-incremental: each model's generate() keeps a KV cache or a recurrent state (a masked LM re-encodes instead).
+checkpoint (its model_name and model_config, or config.json's model_type), the tokenizer from the dataset meta stored
+beside them (or the checkpoint's own). Decoding is incremental: each model's generate() keeps a KV cache or a
+recurrent state (a masked LM re-encodes instead).
 
 A prompt holding [MASK] markers (that literal text) is filled instead of continued, by a model that has fill()
 (the masked LM, models/bert.py): each marker is one token, filled left to right, and the prompt is printed filled;
@@ -22,13 +25,13 @@ import time
 import torch
 
 from common import die
-from common.checkpoints import load_checkpoint, load_weights
-from common.data import tokenizer
 from common.devices import autocast_for, pick_device, pick_dtype
-from common.settings import build_model, load_model_module, parse_args
+from common.hf import load_model
+from common.settings import parse_args
 
 DEFAULTS = dict(
-    ckpt="",  # a checkpoint file, or the out_dir holding ckpt.pt
+    ckpt="",  # a checkpoint file, the out_dir holding ckpt.pt, hf:<model id>, or a transformers directory
+    block_size=None,  # crop the context below the checkpoint's (and its KV cache: Llama 3's config says 131072)
     start="\n",  # the prompt, or FILE:path to read it from a file
     num_samples=3,
     max_new_tokens=500,
@@ -46,7 +49,8 @@ def main(argv):
     args = parse_args(argv, DEFAULTS, "sample.py")
     # Checked here, before a checkpoint is loaded, so a typo costs nothing (generate() would raise a ValueError).
     if not args["ckpt"]:
-        die("--ckpt is required: a checkpoint file or the out_dir holding ckpt.pt, e.g. --ckpt=out/shakespeare_char")
+        die("--ckpt is required: a checkpoint file or the out_dir holding ckpt.pt, e.g. --ckpt=out/shakespeare_char, "
+            "or Hugging Face weights: --ckpt=hf:gpt2 or a directory holding config.json and model.safetensors")
     if args["max_new_tokens"] < 0:
         die(f"--max_new_tokens={args['max_new_tokens']} must be 0 or more")
     if args["num_samples"] < 1:
@@ -60,15 +64,9 @@ def main(argv):
 
     device = pick_device(args["device"])
     autocast = autocast_for(device, pick_dtype(args["dtype"], device))
-    ckpt = load_checkpoint(args["ckpt"])
-    if "meta" not in ckpt:
-        die(f"{args['ckpt']} has no tokenizer meta; it was not written by train.py")
-    model = build_model(load_model_module(ckpt["model_name"]), ckpt["model_config"])
-    load_weights(model, ckpt, args["ckpt"], ckpt["model_name"])
-    model.eval().to(device)
+    model, model_name, tok = load_model(args["ckpt"], device, block_size=args["block_size"])
     torch.manual_seed(args["seed"])
 
-    encode, decode = tokenizer(ckpt["meta"])
     start = args["start"]
     if start.startswith("FILE:"):
         path = start[len("FILE:"):]
@@ -78,9 +76,9 @@ def main(argv):
             start = f.read()
     fill = MASK in start
     if fill and not hasattr(model, "fill"):
-        die(f"--start holds {MASK} markers, but models/{ckpt['model_name']}.py has no fill() to fill them (a masked "
+        die(f"--start holds {MASK} markers, but models/{model_name}.py has no fill() to fill them (a masked "
             f"LM such as models/bert.py has); remove them to continue the text")
-    pieces = [encode(piece) for piece in start.split(MASK)]
+    pieces = [tok.encode(piece) for piece in start.split(MASK)]
     ids = pieces[0] + [i for piece in pieces[1:] for i in [model.mask_id] + piece] if fill else pieces[0]
     if not ids:
         die("--start is empty; give at least one character or token")
@@ -91,7 +89,7 @@ def main(argv):
         with autocast:
             y = model.fill(x, **sampling) if fill else model.generate(x, args["max_new_tokens"], **sampling)
         dt = time.time() - t0
-        print(decode(y[0].tolist()))
+        print(tok.decode(y[0].tolist()))
         n = len(pieces) - 1 if fill else args["max_new_tokens"]
         print(f"---------------- {n} tokens in {dt:.2f} s ({n / max(dt, 1e-9):.0f} tok/s)", file=sys.stderr)
 

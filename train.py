@@ -29,6 +29,7 @@ from common.data import get_batch, load_meta, open_bin, sample_starts, tokenizer
 from common.devices import autocast_for, device_name, peak_flops, peak_memory_mb, pick_device, pick_dtype
 from common.fsdp import check_fsdp, full_state_dicts, load_optimizer_state, shard
 from common.guards import StopRequest, agree, stop_nonfinite, weights_finite
+from common.hf import init_from_hf, is_hf
 from common.optim import OPTIMIZERS, SCHEDULES, configure_optimizer, get_lr
 from common.recipe import check_recipe, curriculum, label_smoothed, set_dropout
 from common.settings import build_model, parse_config
@@ -39,7 +40,7 @@ DEFAULTS = dict(
     dataset="shakespeare_char",  # data/<dataset>/{train,val}.bin + meta.json, made by prepare/<dataset>.py
     out_dir="out",
     resume=False,  # continue from out_dir/ckpt.pt
-    init_from="",  # path to a ckpt.pt whose weights start a new run (fine-tuning, upcycling)
+    init_from="",  # a ckpt.pt whose weights start a new run (fine-tuning, upcycling), or hf:<id> / a transformers dir
     # optimisation
     batch_size=12,  # sequences per micro-step per process
     gradient_accumulation_steps=1,  # micro-steps per optimizer step, summed over all processes
@@ -180,6 +181,9 @@ def main(argv):
     if ddp:
         torch.distributed.barrier()
         meta = load_meta(data_dir, cfg["dataset"], auto_prepare=False)
+    hf_model = None  # Hugging Face weights bring their model file and config too (common/hf.py)
+    if is_hf(cfg["init_from"]):
+        hf_model, model_name, module, model_kwargs = init_from_hf(cfg["init_from"], model_kwargs, meta)
     model_kwargs.setdefault("vocab_size", meta["vocab_size"])
     if model_kwargs["vocab_size"] < meta["vocab_size"]:
         die(f"vocab_size={model_kwargs['vocab_size']} is smaller than the dataset's {meta['vocab_size']}; "
@@ -191,12 +195,12 @@ def main(argv):
 
     # Model, optimizer and state: from scratch, from another checkpoint's weights, or resumed
     torch.manual_seed(cfg["seed"])  # the same initial weights in every process
-    model = build_model(module, model_kwargs)
+    model = hf_model if hf_model is not None else build_model(module, model_kwargs)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
     ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
     if ckpt is not None:
         check_resumable(ckpt, ckpt_path, model_name, dataclasses.asdict(model.config))
-    if ckpt is not None or cfg["init_from"]:
+    if ckpt is not None or cfg["init_from"] and hf_model is None:
         source_path = ckpt_path if ckpt is not None else cfg["init_from"]
         load_weights(model, ckpt or load_checkpoint(source_path), source_path, model_name)
     if cfg["fsdp"]:
