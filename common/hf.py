@@ -496,8 +496,9 @@ def download(model_id):
         die(f"hf:{model_id} is gated: accept its license on huggingface.co and log in (hf auth login)")
     except RepositoryNotFoundError:
         die(f"hf:{model_id}: no such model on the Hugging Face hub (a private one needs hf auth login); check the id")
-    except LocalEntryNotFoundError:
-        die(f"could not reach the Hugging Face hub for hf:{model_id} and it is not in the local cache; "
+    except LocalEntryNotFoundError as e:
+        die(f"could not reach the Hugging Face hub for hf:{model_id} and it is not in the local cache "
+            f"({type(e).__name__}); "
             f"pass a local directory instead (config.json and model.safetensors, as save_pretrained writes)")
     except Exception as e:  # network and HTTP errors
         die(f"could not download hf:{model_id} ({type(e).__name__}: {line(e)}); pass a local directory instead")

@@ -401,6 +401,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     assert "checkpoint nothere not found" in one_line_error(p) and "hf:<model id>" in p.stderr
     p = run("sample.py", "--ckpt=hf:gpt2", cwd=tmp_path, check=False, env={**OFFLINE, "HF_HOME": str(tmp_path)})
     assert "could not reach the Hugging Face hub for hf:gpt2" in one_line_error(p)
+    assert "LocalEntryNotFoundError" in p.stderr and "pass a local directory instead" in p.stderr
     (tmp_path / "qwen").mkdir()
     (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
     p = run("sample.py", "--ckpt=qwen", cwd=tmp_path, check=False)
@@ -416,6 +417,11 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     transformers.GPT2Config(**FAMILIES["gpt2"][3]).save_pretrained(tmp_path / "noweights")
     refused(lambda: load_model(str(tmp_path / "noweights")), "has a config.json but no weights")
     (tmp_path / "noweights" / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    # weights of another shape than config.json says: a tiny GPT-2 whose config claims a wider model
+    save_tiny("gpt2", tmp_path / "wider", dtype=torch.float32)
+    cfg = json.loads((tmp_path / "wider" / "config.json").read_text())
+    (tmp_path / "wider" / "config.json").write_text(json.dumps({**cfg, "n_embd": 2 * cfg["n_embd"]}))
+    refused(lambda: load_model(str(tmp_path / "wider")), "do not fit models/gpt2.py as its config.json describes it")
     refused(lambda: load_model(str(tmp_path / "noweights")), "model.safetensors is unreadable")
     from models.gpt2 import Config, Model
     from models.retnet import Config as RConfig, Model as RModel
