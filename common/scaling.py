@@ -530,7 +530,8 @@ def optimum(P, family, c):
     lf = np.where(grid > logn[-1], logf[-1] + slope_hi * (grid - logn[-1]), lf)
     ld = math.log(c) - lf
     a, b, e, alpha, beta = P
-    loss = np.exp(e) + np.exp(a - alpha * grid) + np.exp(b - beta * ld)
+    with np.errstate(over="ignore"):  # a wild bootstrap fit: inf losses, and its optimum lands at an edge
+        loss = np.exp(e) + np.exp(a - alpha * grid) + np.exp(b - beta * ld)
     i = int(np.argmin(loss))
     return math.exp(grid[i]), math.exp(ld[i]), i in (0, len(grid) - 1)
 
@@ -550,26 +551,30 @@ def approach3(rows, nkey="n", boot=0, seed=0, family=None):
         pairs = sorted({(r[nkey], r["fpt"]) for r in rows})
         family = (np.log([p[0] for p in pairs]), np.log([p[1] for p in pairs]))
 
-    def summary(P):
-        opts = [optimum(P, family, c) for c in budgets]
-        logc = np.log(budgets)
-        a = np.polyfit(logc, np.log([o[0] for o in opts]), 1)[0]
-        b = np.polyfit(logc, np.log([o[1] for o in opts]), 1)[0]
-        alpha, beta = P[3], P[4]
-        return dict(P=P, E=math.exp(P[2]), A=math.exp(P[0]), B=math.exp(P[1]), alpha=alpha, beta=beta, a=a, b=b,
-                    a_6nd=beta / (alpha + beta) if alpha + beta else float("nan"),
-                    b_6nd=alpha / (alpha + beta) if alpha + beta else float("nan"),
-                    tpp=opts[-1][1] / opts[-1][0], opts=opts, edge=any(o[2] for o in opts))
-
-    out = summary(P[0])
+    out = law_summary(P[0], family, budgets)
     out["objective"] = float(f[0])
     out["boot"] = []
     if boot:
         rng = np.random.default_rng(seed)
         W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(boot)]).astype(np.float64)
         Pb, _ = fit_law(logn, logd, logl, W, np.vstack([P[0][None], COARSE]))
-        out["boot"] = [summary(p) for p in Pb]
+        out["boot"] = [law_summary(p, family, budgets) for p in Pb]
     return out
+
+
+def law_summary(P, family, budgets):
+    """A fitted law's parameters and its compute-optimal allocation at each budget. A wild bootstrap fit (a log-A
+    past ~709) overflows float64: its A or B is inf, and its percentiles still count it, instead of stopping."""
+    opts = [optimum(P, family, c) for c in budgets]
+    logc = np.log(budgets)
+    a = np.polyfit(logc, np.log([o[0] for o in opts]), 1)[0]
+    b = np.polyfit(logc, np.log([o[1] for o in opts]), 1)[0]
+    alpha, beta = P[3], P[4]
+    big = lambda v: math.exp(v) if v < 709 else math.inf  # noqa: E731
+    return dict(P=P, E=big(P[2]), A=big(P[0]), B=big(P[1]), alpha=alpha, beta=beta, a=a, b=b,
+                a_6nd=beta / (alpha + beta) if alpha + beta else float("nan"),
+                b_6nd=alpha / (alpha + beta) if alpha + beta else float("nan"),
+                tpp=opts[-1][1] / opts[-1][0], opts=opts, edge=any(o[2] for o in opts))
 
 
 def approach2_boot(rows, nkey, skip, boot, seed=0):
@@ -676,10 +681,12 @@ def report(rows, out, command, sweep=None, lr=None, boot=0, sizes=None, model=""
         notes.append("Not bracketed (lowest loss at an edge of the sizes, left out of Approach 2): " +
                      "; ".join(f"{c:.3g} FLOPs at the {side} size" for c, side in edge) + ".")
     a3 = fits["n"]["a3"]
+    small, large = min(rows, key=lambda r: r["n"]), max(rows, key=lambda r: r["n"])
     notes.append(f"Approach 3 with N non-embedding: a = β/(α+β) = {fmt(a3['a_6nd'])} and b = α/(α+β) = "
                  f"{fmt(a3['b_6nd'])} under C = 6ND (the paper's formula); the a and b in the table minimise the "
-                 f"fitted law along this sweep's sizes with their own FLOPs per token, which at this scale are "
-                 f"mostly the {'output layer' if rows[0]['n_total'] > 2 * rows[0]['n'] else 'blocks'}.")
+                 f"fitted law along this sweep's sizes with their own FLOPs per token, of which 6N is "
+                 f"{6 * small['n'] / small['fpt']:.0%} at the smallest size and {6 * large['n'] / large['fpt']:.0%} "
+                 f"at the largest (the rest: the output layer and attention).")
     text = (f"# Compute-optimal scaling: models/{model}.py on {dataset}{' (--quick: a smoke run)' if quick else ''}\n\n"
             f"{md_table(fit_header, table)}\n\n{md_table(run_header, run_rows)}\n\n" +
             "\n".join(f"- {n}" for n in notes) +

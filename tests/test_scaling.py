@@ -170,3 +170,12 @@ def test_not_bracketed_writes_then_fails(tmp_path, capsys):
 def test_bench_docstring_names_the_study():
     text = open(os.path.join(ROOT, "bench.py")).read()
     assert "--scaling" in text.split('"""')[1]
+
+
+def test_a_wild_bootstrap_fit_gives_inf_not_an_overflow():
+    """A bootstrap replicate can fit log A past float64's exp range; the report counted it instead of crashing."""
+    family = (np.log([1e4, 1e5, 1e6]), np.log([2e5, 1e6, 1e7]))
+    wild = scaling.law_summary(np.array([800.0, 5.0, 0.0, 0.3, 0.3]), family, [1e12, 2e12, 4e12])
+    assert wild["A"] == math.inf and math.isfinite(wild["B"]) and wild["edge"]
+    tame = scaling.law_summary(np.array([5.0, 5.0, 0.0, 0.3, 0.3]), family, [1e12, 2e12, 4e12])
+    assert tame["A"] == pytest.approx(math.exp(5.0)) and 0 < tame["a"] < 1
