@@ -6,7 +6,8 @@ file works unchanged.
     python bench.py config/shakespeare_char.py                       # all modes, float32 and bf16 autocast
     python bench.py config/llama_125m.py --modes=train --compile=True --batch_size=8
     python bench.py config/shakespeare_char.py --vs_hf=True          # the same runs on transformers' twin model
-    python bench.py --compare config/evolution/*.py --max_seconds=120 # train each config, one table and one plot
+    python bench.py --evolution config/evolution [--quick]           # every generation: seeds, lr sweeps, 2 protocols
+    python bench.py --compare a.py b.py --max_seconds=120            # train each config once, one table and one plot
     python bench.py --ladder config/ladder [--quick]                 # the ablation ladder: seeds, two protocols
     python bench.py --length config/length [--quick]                 # train at block_size, evaluate up to 16x
     python bench.py --scaling --model=llama [--quick]                # compute-optimal N and D: iso-FLOP + L(N, D) fits
@@ -31,6 +32,7 @@ from common import die
 from common.data import load_meta
 from common.devices import autocast_for, device_name, peak_flops, pick_device, pick_dtype
 from common.settings import build_model, parse_config
+from common.evolution import evolution
 from common.ladder import ladder, length
 from common.scaling import scaling
 from common.study import compare
@@ -345,6 +347,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    studies = {"--compare": compare, "--ladder": ladder, "--length": length,  # common/study.py, common/ladder.py
-               "--scaling": scaling}  # common/scaling.py
+    studies = {"--evolution": evolution, "--compare": compare,  # common/evolution.py, common/study.py
+               "--ladder": ladder, "--length": length, "--scaling": scaling}  # common/ladder.py, common/scaling.py
     studies[sys.argv[1]](sys.argv[2:]) if sys.argv[1:2] and sys.argv[1] in studies else main(sys.argv[1:])

@@ -258,7 +258,7 @@ def main(argv):
     if master and not cfg["resume"]:
         with open(log_path, "w") as f:
             f.write(json.dumps({"model": model_name, "params": n_params, "tokens_per_iter": tokens_per_iter,
-                                "device": device_name(device)}) + "\n")
+                                "flops_per_token": flops_per_token, "device": device_name(device)}) + "\n")
 
     save = dict(path=ckpt_path, raw_model=raw_model, optimizer=optimizer, scaler=scaler, data_gen=data_gen,
                 device=device, state=state, master=master, model_name=model_name, config=cfg, meta=meta,

@@ -26,12 +26,12 @@ LENGTH = dict(full=dict(iters=2000, seeds=3, mults=(1, 2, 4, 8, 16)), quick=dict
 
 
 def row_info(path):
-    """A row's parent (its `_parent`), what it changes (its first comment line) and the published claim it tests
-    (its `_claim`, or None)."""
+    """A row's parent (its `_parent`), what it changes (its first comment line), the published claim it tests
+    (its `_claim`, or None) and the table it belongs to (its `_table`, or None: the main one)."""
     scope = {}
     exec(compile(open(path).read(), path, "exec"), scope)
     first = open(path).readline().lstrip("# ").strip()
-    return scope.get("_parent"), first, scope.get("_claim")
+    return scope.get("_parent"), first, scope.get("_claim"), scope.get("_table")
 
 
 def read_folder(argv, flag, own):
@@ -80,15 +80,17 @@ def runner(base, overrides, progress):
     return train
 
 
-def best_lr(train, path, name, lr0, budget):
+def best_lr(train, path, name, lr0, budget, run_at=None):
     """The row's learning rate: a short run per multiplier of lr0 (one seed), the best final val loss wins. With
     budget["extend"] = k, a best at the edge of the sweep extends it that way by the same step, up to k more runs,
-    so that the winner has a worse rate on each side (the ladder's --extend=k)."""
+    so that the winner has a worse rate on each side (the ladder's --extend=k). run_at(lr) -> run replaces the short
+    run (the evolution study sweeps with its first seed's full equal-tokens runs)."""
     n, sweep = budget["sweep_iters"], {}
 
     def point(lr):
-        run = train(path, name, f"lr{lr:g}", [f"--max_iters={n}", f"--lr_decay_iters={n}", f"--learning_rate={lr}",
-                                              f"--min_lr={lr / 10}", f"--eval_interval={n}"])
+        run = run_at(lr) if run_at else train(path, name, f"lr{lr:g}", [
+            f"--max_iters={n}", f"--lr_decay_iters={n}", f"--learning_rate={lr}", f"--min_lr={lr / 10}",
+            f"--eval_interval={n}"])
         sweep[lr] = run["log"][-1]["val_loss"]
 
     mults = sorted(budget["lr_mults"])
@@ -127,6 +129,30 @@ def steps_to(runs, target):
             for run in runs]
 
 
+def train_rows(names, paths, base, budget, seeds, train):
+    """Per row: its learning rate (best_lr), then per seed two runs that each anneal fully, one over
+    budget["tokens_iters"] steps (equal tokens) and one over budget["seconds"] of training (equal wall-clock).
+    budget["sweep_iters"] = None: the sweep's runs are the first seed's equal-tokens runs, so the rate is tuned at the
+    study's own budget and the winner's run is reused. -> {row: dict(lr, sweep, tokens=[run per seed], time=[...])}"""
+    rows = {}
+    for name, path in zip(names, paths):
+        n, secs = budget["tokens_iters"], budget["seconds"]
+        shared = budget["sweep_iters"] is None
+
+        def tokens(lr, s):
+            return train(path, name, f"tokens_s{s}" + (f"_lr{lr:g}" if shared else ""), [
+                f"--learning_rate={lr}", f"--min_lr={lr / 10}", f"--seed={s}", f"--max_iters={n}",
+                f"--lr_decay_iters={n}"])
+
+        lr, sweep = best_lr(train, path, name, base_lr(base, path), budget,
+                            run_at=(lambda lr: tokens(lr, seeds[0])) if shared else None)
+        tok = [tokens(lr, s) for s in seeds]
+        tim = [train(path, name, f"time_s{s}", [f"--learning_rate={lr}", f"--min_lr={lr / 10}", f"--seed={s}",
+                                                f"--max_seconds={secs}", "--max_iters=1000000000"]) for s in seeds]
+        rows[name] = dict(lr=lr, sweep=sweep, tokens=tok, time=tim)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The ablation ladder: one idea at a time, each row against its parent, over seeds, at equal time and equal tokens
 
@@ -142,21 +168,12 @@ def ladder(argv):
     seeds = [1337 + i for i in range(budget["seeds"])]
     train = runner(base, overrides, Progress(len(paths) * (len(budget["lr_mults"]) + 2 * len(seeds))))
 
-    rows = {}
-    for name, path in zip(names, paths):
-        lr, sweep = best_lr(train, path, name, base_lr(base, path), budget)
-        n, secs = budget["tokens_iters"], budget["seconds"]
-        common = [f"--learning_rate={lr}", f"--min_lr={lr / 10}"]
-        tok = [train(path, name, f"tokens_s{s}", common + [f"--seed={s}", f"--max_iters={n}", f"--lr_decay_iters={n}"])
-               for s in seeds]
-        tim = [train(path, name, f"time_s{s}", common + [f"--seed={s}", f"--max_seconds={secs}",
-                                                        "--max_iters=1000000000"]) for s in seeds]
-        rows[name] = dict(lr=lr, sweep=sweep, tokens=tok, time=tim)
+    rows = train_rows(names, paths, base, budget, seeds, train)
 
     claims = any(info[n][2] for n in names)  # a study of published claims: two more columns and the curves
     table, plot = [], []
     for name in names:
-        r, (parent, change, claim) = rows[name], info[name]
+        r, (parent, change, claim, _) = rows[name], info[name]
         val = {p: [run["log"][-1]["val_loss"] for run in r[p]] for p in ("time", "tokens")}
         deltas = {}
         for p in ("time", "tokens"):

@@ -4,10 +4,11 @@ A study: train.py once per config, each run's log.jsonl read back, one table (be
 the same command, reuses the runs that finished: each finished run leaves study_run.json in its out_dir, naming the
 command and the config file's contents it ran with, so a changed config reruns only its own run.
 
-    python bench.py --compare config/evolution/*.py [--out=bench/evolution] [--target_loss=1.74] [--key=value ...]
+    python bench.py --compare a.py b.py [--out=bench/compare] [--target_loss=1.74] [--key=value ...]
 
-The evolution comparison (compare) is here; the ladder and the length study (common/ladder.py) follow the same
-pattern: runs through run_one, then a table and a plot.
+compare trains a list of configs once each (the evolution study's first version); the evolution study
+(common/evolution.py), the ladder and the length study (common/ladder.py) follow the same pattern: runs through
+run_one, then tables and a plot.
 """
 
 import datetime
@@ -76,9 +77,13 @@ def run_all(configs, overrides, out_root="out/compare"):
     return runs
 
 
+def markdown(header, rows):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+                     ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def write_table(path, header, rows, command, device):
-    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
-                      ["| " + " | ".join(row) + " |" for row in rows])
+    table = markdown(header, rows)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         f.write(f"{table}\n\nCommand: `{command}`; {device}, torch {torch.__version__}, {datetime.date.today()}.\n")
@@ -119,10 +124,10 @@ def plot_curves(path, runs, title):
 
 
 def compare(argv):
-    """The evolution comparison. argv: config files, then --key=value for every train.py run, plus --out=PREFIX
+    """A one-run-per-config comparison. argv: config files, then --key=value for every train.py run, plus --out=PREFIX
     and --target_loss=X (default: the worst final loss, so every model reaches it)."""
     configs = [a for a in argv if not a.startswith("--")]
-    own = {"--out": "bench/evolution", "--target_loss": None}
+    own = {"--out": "bench/compare", "--target_loss": None}
     overrides = []
     for a in argv:
         key, _, val = a.partition("=")
@@ -131,7 +136,8 @@ def compare(argv):
         elif a.startswith("--"):
             overrides.append(a)
     if not configs:
-        die("--compare needs config files, e.g. python bench.py --compare config/evolution/*.py")
+        die("--compare needs config files, e.g. python bench.py --compare config/shakespeare_char.py "
+            "config/llama_shakespeare_char.py")
     missing = [c for c in configs if not os.path.isfile(c)]
     if missing:
         die(f"config file {missing[0]} not found")

@@ -1,7 +1,10 @@
-"""bench.py --compare (the evolution study) on two tiny configs for a few steps: the table and the plot exist and
-parse. No timings are asserted."""
+"""The studies' pipelines on tiny configs for a few steps: bench.py --evolution (its statistics on synthetic logs,
+--quick end to end, resume, a changed row), --compare, --ladder and --length. No timings are asserted."""
 
 import json
+
+import numpy as np
+import pytest
 
 import matplotlib.image
 
@@ -187,3 +190,98 @@ def test_ladder_and_length_study_quick_end_to_end_and_resume(workdir):
     nll = torch.stack(nll)
     assert abs(got[2][0] - nll.mean().item()) < 1e-5 and abs(got[2][1] - nll[:, block:].mean().item()) < 1e-5
     assert got[4][1] is not None and got[2][0] != got[4][0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The evolution study
+
+
+def fake_run(finals, tokens=7680, time=2.0, params=1000, flops=None):
+    """A run dict as run_one returns it: the log.jsonl header and its evaluations (the last one is final)."""
+    return dict(params=params, flops_per_token=flops, tokens_per_iter=384, device="cpu",
+                log=[dict(iter=0, tokens=0, time=0.0, val_loss=4.0), dict(iter=20, tokens=tokens, time=time,
+                                                                           val_loss=finals)])
+
+
+def test_evolution_statistics_on_synthetic_logs():
+    from common.evolution import LN2, summarize, table_rows
+
+    def row(lr, sweep, tok, tim):
+        return dict(lr=lr, sweep=sweep, tokens=[fake_run(v, flops=2e6) for v in tok],
+                    time=[fake_run(v, tokens=t, time=2.0) for v, t in tim])
+
+    rows = {"a": row(1e-3, {5e-4: 2.1, 1e-3: 2.0, 2e-3: 2.05}, [2.0, 2.1, 1.9],
+                     [(2.2, 4000), (2.3, 5000), (2.1, 6000)]),
+            "b": row(2e-3, {1e-3: 1.9, 2e-3: 1.8}, [1.8, 1.9, 1.7], [(2.25, 3000), (2.2, 3000), (2.25, 3000)]),
+            "m": row(1e-3, {1e-3: 3.0}, [3.0, 3.1, 2.9], [(3.0, 100), (3.1, 100), (2.9, 100)])}
+    info = {"a": (None, "", "claim a", None), "b": ("a", "", "claim b", None), "m": ("a", "", None, "mlm")}
+    stats = summarize(rows, ["a", "b", "m"], info)
+    assert stats["a"]["tokens_mean"] == pytest.approx((2.0, 0.1)) and "tokens_delta" not in stats["a"]
+    m, sd, real = stats["b"]["tokens_delta"]  # b - a = -0.2 on every seed: a real gap
+    assert m == pytest.approx(-0.2) and sd == pytest.approx(0.0, abs=1e-12) and real
+    m, sd, real = stats["b"]["time_delta"]  # +0.05, -0.1, +0.15: inside the spread
+    assert m == pytest.approx(0.1 / 3) and not real
+    assert "tokens_delta" not in stats["m"]  # another table: no delta against a row of the main table
+    assert stats["a"]["tokens_per_s"][0] == pytest.approx(2500.0) and stats["a"]["time_tokens"][0] == 5000
+    a, b = table_rows(["a", "b"], info, stats, bpt=1.25)
+    assert a[:6] == ["a", "-", "0.001M", "2.00", "2,500", "0.001"] and a[8] == "-" and a[11] == "-"
+    assert a[6] == "2.0000 ± 0.1000" and a[7] == f"{2.0 / LN2 / 1.25:.3f}"
+    assert b[5] == "0.002*"  # the best rate at the sweep's edge is marked
+    assert b[8] == "-0.200 ± 0.000" and b[11].endswith("(noise)") and b[10] == "0.00M"
+    assert table_rows(["m"], info, stats, None)[0][7] == "-"  # no bits per byte for a masked-LM loss
+
+
+def test_bytes_per_token_counts_utf8_bytes(tmp_path, monkeypatch):
+    from common.evolution import bytes_per_token
+
+    data = tmp_path / "data" / "tiny_utf8"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps(dict(vocab_size=3, tokenizer="char", chars="ab\u00e9")))
+    np.array([0, 1, 2, 2], dtype=np.uint16).tofile(data / "val.bin")  # a, b, e-acute (2 bytes) twice: 6 bytes
+    np.array([0, 1, 2], dtype=np.uint16).tofile(data / "train.bin")
+    monkeypatch.chdir(tmp_path)
+    assert bytes_per_token("tiny_utf8") == pytest.approx(6 / 4)
+
+
+EVO_BASE = CONFIG.replace("max_iters = 12\n", "")
+
+
+def test_evolution_quick_end_to_end_resume_and_a_changed_row(workdir):
+    evo = workdir / "evo"
+    evo.mkdir()
+    (evo / "base.py").write_text(EVO_BASE)
+    (evo / "1_gpt2.py").write_text("# GPT-2\nmodel = 'gpt2'\nn_layer = 1\nn_head = 2\nn_embd = 32\n"
+                                   "learning_rate = 2e-3\n_parent = None\n_claim = 'first'\n")
+    llama = ("# LLaMA\nmodel = 'llama'\nn_layer = 1\nn_head = 2\nn_kv_head = 2\nn_embd = 32\n_parent = '1_gpt2'\n"
+             "_claim = 'better'\n")
+    (evo / "2_llama.py").write_text(llama)
+    (evo / "3_bert.py").write_text("# BERT\nmodel = 'bert'\nn_layer = 1\nn_head = 2\nn_embd = 32\n"
+                                   "_table = 'masked LM'\n_claim = 'apart'\n")
+    p = run("bench.py", "--evolution", "evo", "--quick", "--out=res/evo", cwd=workdir)
+    # Per row: 2 learning rates (seed 1337's equal-tokens runs), the winner counted again as reused, the second
+    # seed's equal-tokens run, 2 equal-time runs.
+    assert "[18/18]" in p.stdout and p.stdout.count("(finished earlier, reused)") == 3
+    text = (workdir / "res" / "evo.md").read_text()
+    main, other = text.split("masked LM: a loss of its own")
+    assert "| 1_gpt2 | - |" in main and "| 2_llama | 1_gpt2 |" in main and "3_bert" not in main.split("Learning")[0]
+    assert "| 3_bert | - |" in other
+    llama_row = next(line for line in main.splitlines() if line.startswith("| 2_llama")).split(" | ")
+    assert "±" in llama_row[6] and "±" in llama_row[8] and "±" in llama_row[11]
+    assert "- 2_llama vs 1_gpt2: better Here: equal tokens:" in text and "Command: `python bench.py --evolution" in text
+    res = json.loads((workdir / "res" / "evo.json").read_text())
+    for name, r in res["rows"].items():  # the finals are the runs' last evaluations, per seed
+        lr = r["lr"]
+        for k, seed in enumerate((1337, 1338)):
+            log = [json.loads(line) for line in
+                   (workdir / "out" / "evo" / name / f"tokens_s{seed}_lr{lr:g}" / "log.jsonl").open()]
+            assert r["tokens"][k] == log[-1]["val_loss"] and log[-1]["iter"] == 20
+        lr0 = 2e-3 if name == "1_gpt2" else 1e-3  # the row's learning_rate, else base.py's, else 1e-3
+        assert set(r["sweep"]) == {f"{lr0 * m:g}" for m in (1, 2)} and lr in (lr0, 2 * lr0)
+    assert matplotlib.image.imread(workdir / "res" / "evo.png").shape[0] > 100
+
+    again = run("bench.py", "--evolution", "evo", "--quick", "--out=res/evo", cwd=workdir).stdout
+    assert again.count("(finished earlier, reused)") == 18
+    (evo / "2_llama.py").write_text(llama.replace("n_embd = 32", "n_embd = 16"))  # only its own cells rerun
+    changed = run("bench.py", "--evolution", "evo", "--quick", "--out=res/evo", cwd=workdir).stdout
+    assert changed.count("(finished earlier, reused)") == 12 + 1 and "2_llama tokens_s1337" in changed
+    assert not any(line.startswith(("1_gpt2 ", "3_bert ")) for line in changed.splitlines())  # no run of theirs

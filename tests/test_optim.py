@@ -178,7 +178,7 @@ def small_model(path, **overrides):
     return module.Model(module.Config(**{**kwargs, "vocab_size": 97, **overrides}))
 
 
-MODEL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "evolution", "*.py"))) + [
+MODEL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "evolution", "[0-9]*.py"))) + [
     os.path.join(ROOT, "config", "bert_shakespeare_char.py"), os.path.join(ROOT, "config", "ladder", "base.py")]
 
 
