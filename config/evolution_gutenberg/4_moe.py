@@ -10,6 +10,6 @@ ffn_hidden = 176  # two active experts of 176 ~ the dense model's 344: equal act
 tie_embeddings = True
 learning_rate = 1e-3
 _parent = '3_llama'
-_claim = ('At equal active parameters (equal FLOPs per token), more experts lower loss per token: Switch-Base '
-          "reached T5-Base's quality 7x faster in steps (Fedus et al. 2022); Mixtral 8x7B matches Llama 2 70B "
-          'with 13B active parameters.')
+_claim = ('At equal active parameters (equal FLOPs per token), more experts lower loss per token: Switch '
+          'Transformers pre-train up to 7x faster than T5 at the same FLOPs per token (Fedus et al. 2022); '
+          'Mixtral 8x7B matches Llama 2 70B with 13B active parameters.')
