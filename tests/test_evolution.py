@@ -257,7 +257,7 @@ def test_evolution_quick_end_to_end_resume_and_a_changed_row(workdir):
     (evo / "2_llama.py").write_text(llama)
     (evo / "3_bert.py").write_text("# BERT\nmodel = 'bert'\nn_layer = 1\nn_head = 2\nn_embd = 32\n"
                                    "_table = 'masked LM'\n_claim = 'apart'\n")
-    p = run("bench.py", "--evolution", "evo", "--quick", "--out=res/evo", cwd=workdir)
+    p = run("bench.py", "--evolution", "evo", "--quick", "--out=res/evo", cwd=workdir, timeout=600)
     # Per row: 2 learning rates (seed 1337's equal-tokens runs), the winner counted again as reused, the second
     # seed's equal-tokens run, 2 equal-time runs.
     assert "[18/18]" in p.stdout and p.stdout.count("(finished earlier, reused)") == 3
