@@ -5,11 +5,12 @@ equal wall-clock. A folder is one corpus: base.py holds the data, the recipe eve
 `_budget`; every other file is one generation with `_parent` (its predecessor) and `_claim` (what its paper claimed
 against it). A row with `_table` goes to a table of its own (BERT: a masked-LM loss does not compare with causal ones).
 
-    python bench.py --evolution config/evolution [--quick] [--rows=a,b] [--out=bench/evolution] [--key=value ...]
+    python bench.py --evolution config/evolution [--quick] [--rows=a,b] [--extend=1] [--out=bench/evolution]
 
 Per row: the learning-rate sweep is the first seed's equal-tokens run at each multiplier of the row's own
-learning_rate (so the rate is tuned at the study's budget, and the winner's run is one of the seeds), then the other
-seeds at that rate, then one equal-time run per seed. Runs go to out/<folder>/<row>/<run> through common/study.py's
+learning_rate (so the rate is tuned at the study's budget, and the winner's run is one of the seeds); a best at the
+sweep's edge extends it that way, up to --extend more points; then the other seeds at the chosen rate, then one
+equal-time run per seed. Runs go to out/<folder>/<row>/<run> through common/study.py's
 run_one: a killed study resumes, and a changed config reruns only its own cells. Writes <out>.md (tables, sweeps,
 claims), <out>.json (every final loss) and <out>.png (loss against time and against tokens).
 """
@@ -20,6 +21,7 @@ import os
 
 import numpy as np
 
+from common import die
 from common.data import load_meta
 from common.ladder import read_folder, runner, study_budget, train_rows
 from common.settings import read_settings
@@ -91,14 +93,17 @@ def table_rows(names, info, stats, bpt):
 
 
 def evolution(argv):
-    """python bench.py --evolution FOLDER [--quick] [--rows=a,b] [--out=bench/<folder>] [--key=value ...]"""
-    own = {"--out": None, "--rows": None, "--quick": None}
+    """python bench.py --evolution FOLDER [--quick] [--rows=a,b] [--extend=1] [--out=bench/<folder>] [--key=value]"""
+    own = {"--out": None, "--rows": None, "--quick": None, "--extend": "1"}
     names, paths, info, base, overrides = read_folder(argv, "--evolution", own)
     quick = own["--quick"] not in (None, "False")
-    budget = {"extend": 0, **study_budget(base, quick), "sweep_iters": None}
+    if not own["--extend"].isdigit():
+        die(f"--extend={own['--extend']}: give how many points a sweep may add past its edge, e.g. --extend=1")
+    budget = {**study_budget(base, quick), "sweep_iters": None, "extend": 0 if quick else int(own["--extend"])}
     out = own["--out"] or os.path.join("bench", os.path.basename(os.path.dirname(os.path.abspath(base))))
     seeds = [1337 + i for i in range(budget["seeds"])]
-    per_row = len(budget["lr_mults"]) + 2 * len(seeds)  # the sweep's winner is counted again, as reused
+    per_row = len(budget["lr_mults"]) + 2 * len(seeds)  # the sweep's winner is counted again, as reused (an
+    # extended sweep adds to the total as it goes)
     train = runner(base, overrides, Progress(len(paths) * per_row))
     rows = train_rows(names, paths, base, budget, seeds, train)
     stats = summarize(rows, names, info)
@@ -120,7 +125,8 @@ def evolution(argv):
         parts += [f"\n{table}: a loss of its own, not comparable with the table above\n",
                   markdown(header, table_rows(rows_t, info, stats, None))]
     parts.append("\nLearning-rate sweeps (the first seed's equal-tokens run at each rate; final val loss; the chosen "
-                 "rate in bold; * in the tables: the best was at the sweep's edge):\n")
+                 f"rate in bold; * in the tables: the best is at the sweep's edge even after up to {budget['extend']} "
+                 "more point(s) that way):\n")
     parts += [f"- {n}: " + ", ".join(f"**{lr:g}: {v:.4f}**" if lr == stats[n]["lr"] else f"{lr:g}: {v:.4f}"
                                      for lr, v in sorted(stats[n]["sweep"].items())) for n in names]
     claims = [n for n in names if info[n][2]]
