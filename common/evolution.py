@@ -5,12 +5,13 @@ equal wall-clock. A folder is one corpus: base.py holds the data, the recipe eve
 `_budget`; every other file is one generation with `_parent` (its predecessor) and `_claim` (what its paper claimed
 against it). A row with `_table` goes to a table of its own (BERT: a masked-LM loss does not compare with causal ones).
 
-    python bench.py --evolution config/evolution [--quick] [--rows=a,b] [--extend=1] [--out=bench/evolution]
+    python bench.py --evolution config/evolution [--quick] [--rows=a,b] [--extend=1] [--tol=0.01] [--out=...]
 
 Per row: the learning-rate sweep is the first seed's equal-tokens run at each multiplier of the row's own
-learning_rate (so the rate is tuned at the study's budget, and the winner's run is one of the seeds); a best at the
-sweep's edge extends it that way, up to --extend more points; then the other seeds at the chosen rate, then one
-equal-time run per seed. Runs go to out/<folder>/<row>/<run> through common/study.py's
+learning_rate (so the rate is tuned at the study's budget, and the winner's run is one of the seeds). Rates within
+--tol nats of the best tie, and the tie goes to the rate nearest the row's own (one seed cannot rank them). A winner
+at the sweep's edge extends it that way, up to --extend more points. Then the other seeds at the chosen rate, then
+one equal-time run per seed. Runs go to out/<folder>/<row>/<run> through common/study.py's
 run_one: a killed study resumes, and a changed config reruns only its own cells. Writes <out>.md (tables, sweeps,
 claims), <out>.json (every final loss) and <out>.png (loss against time and against tokens).
 """
@@ -94,12 +95,19 @@ def table_rows(names, info, stats, bpt):
 
 def evolution(argv):
     """python bench.py --evolution FOLDER [--quick] [--rows=a,b] [--extend=1] [--out=bench/<folder>] [--key=value]"""
-    own = {"--out": None, "--rows": None, "--quick": None, "--extend": "1"}
+    own = {"--out": None, "--rows": None, "--quick": None, "--extend": "1", "--tol": "0.01"}
     names, paths, info, base, overrides = read_folder(argv, "--evolution", own)
     quick = own["--quick"] not in (None, "False")
     if not own["--extend"].isdigit():
         die(f"--extend={own['--extend']}: give how many points a sweep may add past its edge, e.g. --extend=1")
-    budget = {**study_budget(base, quick), "sweep_iters": None, "extend": 0 if quick else int(own["--extend"])}
+    try:
+        tol = float(own["--tol"])
+    except ValueError:
+        tol = -1.0
+    if not tol >= 0:
+        die(f"--tol={own['--tol']}: give the loss gap (nats) below which two rates tie, e.g. --tol=0.01")
+    budget = {**study_budget(base, quick), "sweep_iters": None, "extend": 0 if quick else int(own["--extend"]),
+              "tol": tol}
     out = own["--out"] or os.path.join("bench", os.path.basename(os.path.dirname(os.path.abspath(base))))
     seeds = [1337 + i for i in range(budget["seeds"])]
     per_row = len(budget["lr_mults"]) + 2 * len(seeds)  # the sweep's winner is counted again, as reused (an
@@ -125,8 +133,9 @@ def evolution(argv):
         parts += [f"\n{table}: a loss of its own, not comparable with the table above\n",
                   markdown(header, table_rows(rows_t, info, stats, None))]
     parts.append("\nLearning-rate sweeps (the first seed's equal-tokens run at each rate; final val loss; the chosen "
-                 f"rate in bold; * in the tables: the best is at the sweep's edge even after up to {budget['extend']} "
-                 "more point(s) that way):\n")
+                 f"rate in bold: the best, or of the rates within {tol:g} of it the nearest to the row's own; * in the "
+                 f"tables: the chosen rate is at the sweep's edge even after up to {budget['extend']} more point(s) "
+                 "that way):\n")
     parts += [f"- {n}: " + ", ".join(f"**{lr:g}: {v:.4f}**" if lr == stats[n]["lr"] else f"{lr:g}: {v:.4f}"
                                      for lr, v in sorted(stats[n]["sweep"].items())) for n in names]
     claims = [n for n in names if info[n][2]]

@@ -84,8 +84,14 @@ def best_lr(train, path, name, lr0, budget, run_at=None):
     """The row's learning rate: a short run per multiplier of lr0 (one seed), the best final val loss wins. With
     budget["extend"] = k, a best at the edge of the sweep extends it that way by the same step, up to k more runs,
     so that the winner has a worse rate on each side (the ladder's --extend=k). run_at(lr) -> run replaces the short
-    run (the evolution study sweeps with its first seed's full equal-tokens runs)."""
-    n, sweep = budget["sweep_iters"], {}
+    run (the evolution study sweeps with its first seed's full equal-tokens runs). budget["tol"] > 0: every rate
+    within tol of the best loss counts as a tie, and of those the one nearest lr0 (then the smaller) wins: one seed
+    cannot rank rates that close, and the rate next to a cliff is the one another seed falls off."""
+    n, sweep, tol = budget["sweep_iters"], {}, budget.get("tol", 0.0)
+
+    def pick():
+        low = min(sweep.values())
+        return min((lr for lr, v in sweep.items() if v <= low + tol), key=lambda lr: (abs(math.log(lr / lr0)), lr))
 
     def point(lr):
         run = run_at(lr) if run_at else train(path, name, f"lr{lr:g}", [
@@ -98,11 +104,11 @@ def best_lr(train, path, name, lr0, budget, run_at=None):
         point(lr0 * m)
     step = mults[-1] / mults[-2] if len(mults) > 1 else 1.0
     for _ in range(budget.get("extend", 0) if step > 1 else 0):
-        lrs, best = sorted(sweep), min(sweep, key=sweep.get)
+        lrs, best = sorted(sweep), pick()
         if best not in (lrs[0], lrs[-1]):
             break
         point(best * step if best == lrs[-1] else best / step)
-    return min(sweep, key=sweep.get), sweep
+    return pick(), sweep
 
 
 def base_lr(base, path):

@@ -108,6 +108,27 @@ def test_an_lr_sweep_whose_best_is_at_an_edge_extends_that_way():
     assert sweep(9e-3, 0)[1] == [0.333, 1.0, 3.0]  # the ladder's default: no extension
 
 
+def test_an_lr_sweep_with_a_tolerance_gives_ties_to_the_centre():
+    from common.ladder import best_lr
+
+    def sweep(losses, tol, extend=1):  # a fake train(): fixed final losses per rate (a rate not listed: 9.0)
+        tried = []
+
+        def train(path, name, tag, extra):
+            lr = float(next(a for a in extra if a.startswith("--learning_rate="))[16:])
+            tried.append(round(lr / 1e-3, 3))
+            return dict(log=[dict(val_loss=losses.get(round(lr / 1e-3, 3), 9.0))])
+        lr, _ = best_lr(train, "row.py", "row", 1e-3, dict(sweep_iters=10, lr_mults=(0.5, 1.0, 2.0), extend=extend,
+                                                           tol=tol))
+        return round(lr / 1e-3, 3), tried
+
+    assert sweep({0.5: 2.1, 1.0: 2.000, 2.0: 1.995}, tol=0.01) == (1.0, [0.5, 1.0, 2.0])  # a tie: the centre
+    assert sweep({0.5: 2.1, 1.0: 2.000, 2.0: 1.995}, tol=0.0) == (2.0, [0.5, 1.0, 2.0, 4.0])  # the edge: extend
+    assert sweep({0.5: 2.1, 1.0: 2.000, 2.0: 1.950, 4.0: 1.945}, tol=0.01) == (2.0, [0.5, 1.0, 2.0, 4.0])
+    assert sweep({0.5: 1.995, 1.0: 2.000, 2.0: 1.999}, tol=0.01)[0] == 1.0  # within tol on both sides
+    assert sweep({0.5: 2.000, 1.0: 2.1, 2.0: 2.000}, tol=0.01, extend=0)[0] == 0.5  # equally far: the smaller
+
+
 def test_paired_delta_claims_only_gaps_larger_than_the_spread():
     from common.study import mean_std, paired_delta
 
