@@ -2,7 +2,7 @@
 # parameters (active parameters for the MoE), the same batches, one recipe (AdamW, warmup, cosine decay to lr / 10,
 # no dropout), each at the best rate of its own sweep, scored on the same predicted positions (eval_from).
 # This file is the corpus and the recipe every row shares; each other file in this folder is one generation.
-#   python bench.py --evolution config/evolution            # 10 rows, 3 seeds, 2 protocols (~70 min of one core)
+#   python bench.py --evolution config/evolution            # 10 rows, 3 seeds, 2 protocols (wall time: README)
 #   python bench.py --evolution config/evolution --quick    # the same pipeline in a few minutes
 dataset = 'shakespeare_char'
 batch_size = 12
